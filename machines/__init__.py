@@ -1,0 +1,27 @@
+"""Declared lifecycles: pure python-statemachine classes, no I/O, no Trio, no clock.
+
+Each actor in ``actors/`` owns one of these and is the only code that sends it events.
+"""
+
+from machines._base import Lifecycle
+from machines.connection import ConnectionMachine
+from machines.publisher import PublisherMachine
+from machines.subscriber import SubscriberMachine
+from machines.supervisor import SupervisorMachine
+
+__all__ = [
+    "ALL_MACHINES",
+    "ConnectionMachine",
+    "Lifecycle",
+    "PublisherMachine",
+    "SubscriberMachine",
+    "SupervisorMachine",
+]
+
+# Every machine, in the order the docs present them (diagrams are rendered from this).
+ALL_MACHINES: tuple[type[Lifecycle], ...] = (
+    SupervisorMachine,
+    ConnectionMachine,
+    PublisherMachine,
+    SubscriberMachine,
+)

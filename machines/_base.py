@@ -1,0 +1,30 @@
+"""The strict base every quiesce lifecycle derives from.
+
+python-statemachine's ``StateChart`` ignores an event that matches no transition and turns a
+callback's exception into an ``error.execution`` event. For a lifecycle that guards against
+data loss both hide bugs, so every machine here sets them off: an impossible event raises
+``TransitionNotAllowed`` and leaves the state unchanged.
+"""
+
+from __future__ import annotations
+
+from statemachine import StateChart
+
+
+class Lifecycle(StateChart):  # type: ignore[misc]  # the library's metaclass is untyped
+    """A StateChart on which an illegal event is an error, never a silent no-op."""
+
+    allow_event_without_transition = False
+    catch_errors_as_events = False
+    # A lifecycle reaches a final state once; the engine must not keep running after it.
+    enable_self_transition_entries = False
+
+    @property
+    def state(self) -> str:
+        """The id of the current state (``"running"``, ``"draining"``…)."""
+        return str(self.current_state_value)
+
+    @property
+    def is_final(self) -> bool:
+        """True once a final state has been entered."""
+        return bool(self.current_state.final)
