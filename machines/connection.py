@@ -11,7 +11,8 @@ A connection owns one worker machine: a ``PublisherMachine`` (import) or a
 abort, a server drain, an error — first takes ``drain``, which passes to the worker. The
 graceful ``close`` edge is guarded by ``drained``: the worker has reached ``stopped`` (every
 frame confirmed by the broker, or every message taken acked or nacked) and, on an import with
-receipts, the last ``{"ack": N}`` sent covers every frame received. ``force`` is the only
+receipts, the last ``{"ack": N}`` sent covers every frame received (unless the client is gone:
+``peer_lost``). ``force`` is the only
 other way into ``closing``, and the actor takes it only when the drain deadline has passed;
 ``forced`` then records it so the close code is 1011 and the forced shutdown is counted.
 
@@ -50,6 +51,7 @@ class ConnectionMachine(Lifecycle):
         self.worker = worker
         self.receipts = receipts
         self.forced = False
+        self.peer_gone = False
         self.received = 0
         self.rejected = 0
         self.last_ack = 0
@@ -59,7 +61,15 @@ class ConnectionMachine(Lifecycle):
         """Guard of ``close``: the worker stopped and the last receipt covers every frame."""
         if not self.worker.stopped.is_active:
             return False
-        return not self.receipts or self.last_ack == self.received
+        return not self.receipts or self.peer_gone or self.last_ack == self.received
+
+    def peer_lost(self) -> None:
+        """Record that the client is gone: no receipt can reach it any more.
+
+        Its frames are still drained to the broker; the close just cannot wait for an ack
+        that has nowhere to go.
+        """
+        self.peer_gone = True
 
     def mark_forced(self) -> None:
         """Record that the connection left draining by the deadline's edge."""

@@ -1,0 +1,220 @@
+"""The broker actor: the embedded pulsar-lite process (if any) and the one ``pulsar.Client``.
+
+``open_broker`` is the only way in. It yields a ``Broker`` once the broker answers and, on
+exit, closes the client (flushing every producer and closing every consumer) and only then
+stops the embedded process: the broker is the last thing to go.
+
+Embedded mode starts the ``pulsar-lite`` binary shipped in its PyPI wheel on a free loopback
+port, with its own metrics endpoint disabled (it would otherwise listen on 0.0.0.0:8080) or,
+if ``broker_metrics_port`` is set, bound to loopback. Its log goes to ``<data-dir>/broker.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import pulsar
+import trio
+
+from core.errors import BrokerError, BrokerUnavailable
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+LOGGER = logging.getLogger("quiesce.broker")
+
+# How long the embedded broker may take to accept TCP connections before start-up fails.
+EMBEDDED_START_TIMEOUT = 15.0
+# How long an external broker may take to accept a TCP connection at start-up.
+CONNECT_TIMEOUT = 5.0
+# How long a lookup (the "does the broker answer" probe) may take.
+PROBE_TIMEOUT = 10.0
+# How long closing the client (flushing producers) may take at shutdown.
+CLIENT_CLOSE_TIMEOUT = 10.0
+# How long the embedded process gets to exit after SIGTERM before it is killed.
+PROCESS_STOP_TIMEOUT = 5.0
+# Headroom the broker's own frame limit gets over max_message_bytes (the JSON is the payload;
+# Pulsar adds metadata around it).
+BROKER_FRAME_HEADROOM = 64 * 1024
+
+
+@dataclass
+class Broker:
+    """What the rest of the process uses: the broker's URL and the shared client.
+
+    Attributes:
+        url: the ``pulsar://`` URL in use.
+        client: the one ``pulsar.Client`` of the process; its calls that block (creating a
+            producer or a consumer, closing) must go through ``trio.to_thread.run_sync``.
+        embedded: True when this process started the broker.
+    """
+
+    url: str
+    client: pulsar.Client
+    embedded: bool
+    log_path: Path | None = None
+    _process: trio.Process | None = field(default=None, repr=False)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _binary() -> str:
+    from pulsar_lite.binary_finder import find_pulsar_lite_binary
+
+    try:
+        return str(find_pulsar_lite_binary())
+    except FileNotFoundError as exc:
+        raise BrokerError(f"embedded broker: pulsar-lite binary not found ({exc})") from exc
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+async def _wait_for_port(host: str, port: int, timeout: float, process: trio.Process | None,
+                         log_path: Path | None) -> None:
+    with trio.move_on_after(timeout):
+        while True:
+            if process is not None and process.poll() is not None:
+                tail = _tail(log_path) if log_path else ""
+                raise BrokerError(
+                    f"embedded broker exited with code {process.returncode} before accepting "
+                    f"connections: {tail or 'no log output'}"
+                )
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(0.05)  # polling a port that is not open yet; no event exists
+                continue
+            await stream.aclose()
+            return
+    raise BrokerUnavailable(f"nothing answers at pulsar://{host}:{port} after {timeout:g}s")
+
+
+async def _start_embedded(settings: Settings) -> tuple[trio.Process, str, Path]:
+    data_dir = Path(settings.data_dir).absolute()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BrokerError(f"data dir '{data_dir}': {exc.strerror}") from exc
+    config_path = data_dir / "pulsar-lite.toml"
+    metrics = (
+        f'[metrics]\nenabled = true\naddr = "127.0.0.1:{settings.broker_metrics_port}"\n'
+        if settings.broker_metrics_port
+        else "[metrics]\nenabled = false\n"
+    )
+    config_path.write_text(
+        "# Written by quiesce at each start: loopback only, metrics off unless asked for.\n"
+        f"max_message_size_bytes = {settings.max_message_bytes + BROKER_FRAME_HEADROOM}\n"
+        + metrics
+    )
+    port = _free_loopback_port()
+    log_path = data_dir / "broker.log"
+    log_file = log_path.open("ab")
+    try:
+        process = await trio.lowlevel.open_process(
+            [
+                _binary(),
+                "--config", str(config_path),
+                "--addr", f"127.0.0.1:{port}",
+                "--db-path", str(data_dir / "broker"),
+                "--log-level", "warn",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        log_file.close()
+    try:
+        await _wait_for_port("127.0.0.1", port, EMBEDDED_START_TIMEOUT, process, log_path)
+    except BaseException:
+        await _stop_process(process)
+        raise
+    return process, f"pulsar://127.0.0.1:{port}", log_path
+
+
+async def _stop_process(process: trio.Process) -> None:
+    with trio.move_on_after(PROCESS_STOP_TIMEOUT + 1, shield=True):
+        if process.poll() is None:
+            process.terminate()
+            with trio.move_on_after(PROCESS_STOP_TIMEOUT):
+                await process.wait()
+            if process.poll() is None:
+                LOGGER.warning("embedded broker ignored SIGTERM; killing it")
+                process.kill()
+                await process.wait()
+
+
+def _parse_url(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("pulsar", "pulsar+ssl") or not parsed.hostname:
+        raise BrokerError(f"pulsar url '{url}': expected pulsar://host:port")
+    return parsed.hostname, parsed.port or (6651 if parsed.scheme == "pulsar+ssl" else 6650)
+
+
+async def _probe(client: pulsar.Client, url: str) -> None:
+    """Ask the broker one question, so that "ready" means it answers, not only that it listens."""
+
+    def lookup() -> None:
+        client.get_topic_partitions("persistent://public/default/quiesce-readiness-probe")
+
+    with trio.move_on_after(PROBE_TIMEOUT) as scope:
+        try:
+            await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
+        except Exception as exc:
+            raise BrokerUnavailable(f"broker at {url} does not answer: {exc}") from exc
+    if scope.cancelled_caught:
+        raise BrokerUnavailable(f"broker at {url} did not answer within {PROBE_TIMEOUT:g}s")
+
+
+@contextlib.asynccontextmanager
+async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+    """Start (or reach) the broker, yield it, and stop it last.
+
+    Raises:
+        BrokerUnavailable: nothing answers at ``settings.pulsar_url``.
+        BrokerError: the embedded broker could not start (the message carries its log tail).
+    """
+    process: trio.Process | None = None
+    log_path: Path | None = None
+    if settings.pulsar_url:
+        url = settings.pulsar_url
+        host, port = _parse_url(url)
+        await _wait_for_port(host, port, CONNECT_TIMEOUT, None, None)
+    else:
+        process, url, log_path = await _start_embedded(settings)
+        LOGGER.info("embedded broker started", extra={"url": url, "pid": process.pid})
+    try:
+        client = pulsar.Client(
+            url,
+            operation_timeout_seconds=30,
+            logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+        )
+        try:
+            await _probe(client, url)
+            yield Broker(url=url, client=client, embedded=process is not None,
+                         log_path=log_path, _process=process)
+        finally:
+            with trio.move_on_after(CLIENT_CLOSE_TIMEOUT, shield=True):
+                await trio.to_thread.run_sync(client.close, abandon_on_cancel=True)
+    finally:
+        if process is not None:
+            await _stop_process(process)
+            LOGGER.info("embedded broker stopped", extra={"url": url})

@@ -1,0 +1,253 @@
+"""The connection actor's WebSocket: websockets.trio, with the close handshake held until drained.
+
+Why a protocol subclass: websockets answers a client's close frame at once, inside its
+sans-I/O ``Protocol.recv_frame``, and then refuses to send anything. CONTRACT §3 wants the
+final ``{"ack": N}`` *before* the server's close frame, and RFC 6455 §5.5.1 only asks for the
+reply "as soon as practical". ``HeldCloseProtocol`` therefore records the client's close frame
+and keeps the connection OPEN (so the actor can still send receipts) until the actor, its
+drain complete, calls ``answer_close``. Data frames after a close frame are discarded, as
+RFC 6455 §1.4 says.
+
+``GatewayConnection`` is the ``create_connection`` factory given to ``websockets.trio.serve``.
+It swaps the protocol's class in place (``serve`` builds a plain ``ServerProtocol`` and offers
+no other hook) and gives the actors four operations: ``receive_frame``, ``send_json``,
+``close_after_drain`` and ``abort``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CLOSE, Close, Frame
+from websockets.protocol import CLOSING, OPEN, State
+from websockets.server import ServerProtocol
+from websockets.trio.server import ServerConnection
+
+from core.errors import InvalidMessage
+
+if TYPE_CHECKING:
+    from actors.broker import Broker
+    from actors.http import Route
+    from actors.metrics import Metrics
+    from core.config import Settings
+    from machines.connection import ConnectionMachine
+
+LOGGER = logging.getLogger("quiesce.connection")
+
+
+class HeldCloseProtocol(ServerProtocol):
+    """A ``ServerProtocol`` that lets the application choose when to answer a close frame."""
+
+    held_close: Frame | None = None
+
+    def recv_frame(self, frame: Frame) -> None:
+        """Process an incoming frame, holding a close frame instead of echoing it."""
+        if self.held_close is not None:
+            return  # RFC 6455 §1.4: discard what follows a close frame
+        if frame.opcode is CLOSE and self.state is OPEN and self.current_size is None:
+            Close.parse(frame.data)  # a malformed close frame still fails the connection
+            self.held_close = frame
+            self.events.append(frame)
+            return
+        super().recv_frame(frame)
+
+    def answer_close(self, code: int | None = None, reason: str = "") -> None:
+        """Send the close frame owed for the held one: its echo, or ``code`` if given.
+
+        After calling this method, send ``data_to_send()``; the connection is CLOSING.
+        """
+        frame = self.held_close
+        assert frame is not None and self.state is OPEN
+        self.held_close = None
+        if code is None:
+            super().recv_frame(frame)  # the library's own reply: echo, then half-close
+            return
+        self.close_rcvd = Close.parse(frame.data)
+        self.close_sent = Close(code, reason)
+        self.send_frame(Frame(CLOSE, self.close_sent.serialize()))
+        self.close_rcvd_then_sent = True
+        self.state = CLOSING
+        self.send_eof()
+        self.parser = self.discard()
+        next(self.parser)
+
+
+class GatewayConnection(ServerConnection):
+    """A websockets.trio server connection carrying a route and a held close.
+
+    Attributes:
+        route: what ``process_request`` resolved for this request (flow, kind, topic,
+            options); set before the handler runs.
+    """
+
+    route: Route
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # serve() builds a plain ServerProtocol and has no hook for a subclass; the subclass
+        # adds behaviour only (no state of its own besides a class-level default).
+        self.protocol.__class__ = HeldCloseProtocol
+        self.client_closed = trio.Event()
+
+    def process_event(self, event: Any) -> None:
+        """Hand data frames to the assembler; on a held close, end the stream of messages."""
+        super().process_event(event)
+        if isinstance(event, Frame) and event.opcode is CLOSE and (
+            getattr(self.protocol, "held_close", None) is not None
+        ):
+            # Messages already queued stay readable; receive_frame() returns None after them.
+            self.recv_messages.close()
+            self.client_closed.set()
+
+    @property
+    def is_open(self) -> bool:
+        """True while frames can still be sent to the client."""
+        return self.protocol.state is OPEN
+
+    async def receive_frame(self) -> str | bytes | None:
+        """Return the next message (str for text, bytes for binary), or None at the end.
+
+        The end is either the client's close frame (held: see ``close_after_drain``) or a
+        connection that is gone. Cancelling is safe: no message is lost.
+
+        Raises:
+            InvalidMessage: a text frame that is not valid UTF-8 (it is consumed).
+        """
+        try:
+            return await self.recv_messages.get()
+        except EOFError:
+            return None
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(f"not UTF-8: {exc.reason} at position {exc.start}") from None
+
+    async def send_json(self, obj: Any) -> bool:
+        """Send ``obj`` as one JSON text frame. Returns False if the connection is gone."""
+        return await self.send_text(json.dumps(obj, separators=(",", ":")))
+
+    async def send_text(self, text: str) -> bool:
+        """Send one text frame. Returns False if the connection is gone."""
+        if self.protocol.state is not OPEN:
+            return False
+        try:
+            await self.send(text)
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def close_after_drain(self, code: int | None, reason: str = "") -> None:
+        """Finish the close handshake: answer a held close, or start one with ``code``.
+
+        With a held client close and ``code`` None, the client's own code is echoed.
+        """
+        protocol = self.protocol
+        assert isinstance(protocol, HeldCloseProtocol)
+        if protocol.state is not OPEN:
+            await self.wait_closed_briefly()
+            return
+        if protocol.held_close is not None:
+            try:
+                async with self.send_context():
+                    protocol.answer_close(code, reason)
+            except ConnectionClosed:
+                pass
+            return
+        await self.aclose(code if code is not None else 1000, reason)
+
+    async def wait_closed_briefly(self) -> None:
+        """Close the TCP stream once the protocol is closed (idempotent)."""
+        if self.protocol.state is not State.CLOSED or not self.stream_closed.is_set():
+            await self.close_stream()
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without a close handshake (the forced path)."""
+        await trio.aclose_forcefully(self.stream)
+
+
+@dataclass
+class Services:
+    """What every connection actor gets from the supervisor."""
+
+    settings: Settings
+    broker: Broker
+    metrics: Metrics
+
+
+class ConnectionActor:
+    """Base of the import and export connection actors: identity, drain requests, the close.
+
+    The supervisor calls ``request_drain(deadline)`` when it drains (stop intake, drain,
+    close with 1001) and ``force_now()`` when its own deadline passes. Subclasses implement
+    ``run``, which returns once the socket is closed.
+
+    Args:
+        ws: the accepted WebSocket (its ``route`` is set).
+        services: settings, broker, metrics.
+    """
+
+    direction = "connection"
+
+    def __init__(self, ws: GatewayConnection, services: Services) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.ws = ws
+        self.route = ws.route
+        self.services = services
+        self.settings = services.settings
+        self.metrics = services.metrics
+        self.server_draining = False
+        self.server_deadline = math.inf
+        # Cancelled to stop taking frames/messages: the first step of every drain.
+        self.intake_scope = trio.CancelScope()
+        # Cancelled only by force_now(): the supervisor's deadline has passed.
+        self.run_scope = trio.CancelScope()
+        self.log_fields = {"flow": self.route.flow, "kind": self.route.kind}
+
+    def request_drain(self, deadline: float) -> None:
+        """Drain now because the server is stopping; everything must be done by ``deadline``."""
+        self.server_draining = True
+        self.server_deadline = deadline
+        self.intake_scope.cancel(reason="server draining")
+
+    def force_now(self) -> None:
+        """Stop waiting: the shutdown deadline has passed (close with 1011)."""
+        self.run_scope.cancel(reason="shutdown deadline")
+
+    def drain_deadline(self, timeout: float) -> float:
+        """The absolute deadline of a drain of at most ``timeout`` seconds, starting now."""
+        return min(trio.current_time() + timeout, self.server_deadline)
+
+    async def run(self) -> None:
+        """Serve the connection until its socket is closed."""
+        raise NotImplementedError
+
+    async def close_socket(
+        self, machine: ConnectionMachine, started: float, error_code: int | None = None
+    ) -> None:
+        """Take the close edge the machine allows and finish the close handshake.
+
+        Graceful (``close``): echo a held client close, or 1001 when the server drains, or
+        1000 (or ``error_code``, for an internal error). Forced (``force``): 1011. Counted
+        either way.
+        """
+        if machine.drained():
+            machine.close()
+            code = error_code
+            if code is None and self.server_draining and not self.ws.client_closed.is_set():
+                code = 1001
+            self.metrics.graceful_shutdowns.labels(self.direction).inc()
+        else:
+            machine.force()
+            code = 1011
+            self.metrics.forced_shutdowns.labels(self.direction).inc()
+        with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
+            await self.ws.close_after_drain(code, "drain incomplete" if code == 1011 else "")
+        if scope.cancelled_caught:
+            await self.ws.abort()
+        machine.finish()
+        self.metrics.drain_seconds.labels(self.direction).observe(trio.current_time() - started)

@@ -1,0 +1,507 @@
+"""Settings for quiesce: defaults, a TOML config file, ``QUIESCE_*`` variables and CLI flags.
+
+Why TOML and :mod:`tomllib`: the file holds a flat list of settings plus a few ``[flows.NAME]``
+tables of topics, which TOML expresses without indentation rules or quoting surprises, and
+:mod:`tomllib` has been in the standard library since Python 3.11, so reading it adds no
+dependency. TOML values are already typed (a port is an integer, ``producer_batching`` a
+boolean), so the file is checked strictly; only environment variables and flags, which arrive
+as text, are converted from strings.
+
+Why flag > env > file > default, decided per key: the closer a value is to the single
+invocation, the more deliberate it is. A file describes a deployment, an environment variable
+overrides it for one container or shell, and a flag for one command; deciding per key lets a
+flag change the port while the file still supplies everything else. :class:`LoadedSettings`
+records which of the four supplied each key, so ``quiesce config`` can show where a value came
+from and every error message names its origin (``(from env QUIESCE_PORT)``).
+
+Flows (``[flows.NAME]`` tables mapping kinds to topics) come only from the file: when any is
+present, only those flows and kinds exist; otherwise every valid flow name is routed through
+``topic_template``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from core.errors import ConfigError, RouteError
+
+__all__ = [
+    "BACKPRESSURE",
+    "KINDS",
+    "LoadedSettings",
+    "Settings",
+    "load_settings",
+    "render_settings",
+]
+
+KINDS = ("triples", "graph-embeddings", "document-embeddings", "entity-contexts")
+BACKPRESSURE = ("block", "drop_oldest", "drop_new")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+ENV_PREFIX = "QUIESCE_"
+CONFIG_ENV = "QUIESCE_CONFIG"
+FLOW_PATTERN = "[A-Za-z0-9_.-]{1,64}"
+_FLOW_RE = re.compile(FLOW_PATTERN)
+_INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*")
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_PULSAR_SCHEMES = ("pulsar://", "pulsar+ssl://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting quiesce reads, validated on construction.
+
+    Build one with :func:`load_settings` to merge flags, environment and file; constructing it
+    directly checks the same rules (without string conversion) and raises
+    :class:`~core.errors.ConfigError` on a bad value.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+    pulsar_url: str | None = None
+    data_dir: str = ".quiesce"
+    shutdown_timeout: float = 30.0
+    secret: str | None = field(default=None, repr=False)
+    log_format: str = "text"
+    log_level: str = "info"
+    max_message_bytes: int = 50 * 1024 * 1024
+    topic_template: str = "persistent://tg/flow/{kind}:{flow}"
+    publisher_max_queue_size: int = 1000
+    publisher_drain_timeout: float = 5.0
+    producer_flush_timeout: float = 5.0
+    producer_batching: bool = True
+    subscriber_max_queue_size: int = 100
+    subscriber_drain_timeout: float = 5.0
+    default_backpressure: str = "block"
+    nack_redelivery_delay_ms: int = 1000
+    export_window: int = 1000
+    socket_grace_period: float = 2.0
+    max_consecutive_errors: int = 10
+    metrics_enabled: bool = True
+    queue_stats_on_shutdown: bool = True
+    broker_metrics_port: int = 0
+    flows: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in _RULES:
+            object.__setattr__(self, name, _coerce(name, getattr(self, name), None))
+        object.__setattr__(self, "flows", _parse_flows(self.flows, None))
+
+    def topic_for(self, flow: str, kind: str) -> str:
+        """Return the Pulsar topic that carries ``kind`` messages of ``flow``.
+
+        Args:
+            flow: the flow name from the request path.
+            kind: one of :data:`KINDS`.
+
+        Returns:
+            The topic from the flow's ``[flows.NAME]`` table when flows are configured,
+            otherwise ``topic_template`` filled in with ``kind`` and ``flow``.
+
+        Raises:
+            RouteError: ``unknown kind 'x'`` (not one of :data:`KINDS`), ``invalid flow name
+                'x': must match [A-Za-z0-9_.-]{1,64}``, ``unknown flow 'x'`` (flows are
+                configured and ``x`` is not one of them) or ``unknown kind 'x' for flow 'y'``
+                (the flow's table does not list that kind).
+        """
+        if kind not in KINDS:
+            raise RouteError(f"unknown kind '{_one_line(kind)}'")
+        if not isinstance(flow, str) or not _FLOW_RE.fullmatch(flow):
+            raise RouteError(f"invalid flow name '{_one_line(flow)}': must match {FLOW_PATTERN}")
+        if not self.flows:
+            return self.topic_template.format(kind=kind, flow=flow)
+        topics = self.flows.get(flow)
+        if topics is None:
+            raise RouteError(f"unknown flow '{flow}'")
+        topic = topics.get(kind)
+        if topic is None:
+            raise RouteError(f"unknown kind '{kind}' for flow '{flow}'")
+        return topic
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings together with where each value came from.
+
+    Attributes:
+        settings: the merged, validated settings.
+        sources: field name -> ``"default"``, ``"file <path>"``, ``"env QUIESCE_X"`` or
+            ``"flag --x"``, for every field of :class:`Settings` (``flows`` is ``"default"``
+            or ``"file <path>"``).
+    """
+
+    settings: Settings
+    sources: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one scalar setting is typed and checked.
+
+    Attributes:
+        type: ``int``, ``float``, ``bool`` or ``str``.
+        expected: completes "``<key> must be ...``" in error messages.
+        valid: extra check on the converted value.
+        optional: whether ``None`` is allowed (only when constructing :class:`Settings`).
+    """
+
+    type: type
+    expected: str
+    valid: Callable[[Any], bool] = lambda value: True
+    optional: bool = False
+
+
+def _int_rule(low: int, high: int | None = None) -> _Rule:
+    if high is None:
+        return _Rule(int, f"an integer >= {low}", lambda v: v >= low)
+    return _Rule(int, f"an integer between {low} and {high}", lambda v: low <= v <= high)
+
+
+def _float_rule(low: float, strict: bool) -> _Rule:
+    op = ">" if strict else ">="
+    bound = f"{low:g}"
+    if strict:
+        return _Rule(float, f"a number {op} {bound}", lambda v: math.isfinite(v) and v > low)
+    return _Rule(float, f"a number {op} {bound}", lambda v: math.isfinite(v) and v >= low)
+
+
+def _choice_rule(choices: tuple[str, ...]) -> _Rule:
+    return _Rule(str, "one of " + ", ".join(choices), lambda v: v in choices)
+
+
+def _valid_template(template: str) -> bool:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return False
+    names: set[str] = set()
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if spec or conversion:
+            return False
+        names.add(name)
+    return names == {"kind", "flow"}
+
+
+_NON_EMPTY = _Rule(str, "a non-empty string", lambda v: v != "")
+_BOOL = _Rule(bool, "a boolean")
+
+_RULES: dict[str, _Rule] = {
+    "host": _NON_EMPTY,
+    "port": _int_rule(0, 65535),
+    "pulsar_url": _Rule(
+        str,
+        "a URL starting with pulsar:// or pulsar+ssl://",
+        lambda v: any(v.startswith(s) and len(v) > len(s) for s in _PULSAR_SCHEMES),
+        optional=True,
+    ),
+    "data_dir": _NON_EMPTY,
+    "shutdown_timeout": _float_rule(0, strict=True),
+    "secret": _Rule(str, "a non-empty string", lambda v: v != "", optional=True),
+    "log_format": _choice_rule(LOG_FORMATS),
+    "log_level": _choice_rule(LOG_LEVELS),
+    "max_message_bytes": _int_rule(1024),
+    "topic_template": _Rule(
+        str, "a string containing {kind} and {flow} and no other fields", _valid_template
+    ),
+    "publisher_max_queue_size": _int_rule(1),
+    "publisher_drain_timeout": _float_rule(0, strict=True),
+    "producer_flush_timeout": _float_rule(0, strict=True),
+    "producer_batching": _BOOL,
+    "subscriber_max_queue_size": _int_rule(1),
+    "subscriber_drain_timeout": _float_rule(0, strict=True),
+    "default_backpressure": _choice_rule(BACKPRESSURE),
+    "nack_redelivery_delay_ms": _int_rule(0),
+    "export_window": _int_rule(1),
+    "socket_grace_period": _float_rule(0, strict=False),
+    "max_consecutive_errors": _int_rule(1),
+    "metrics_enabled": _BOOL,
+    "queue_stats_on_shutdown": _BOOL,
+    "broker_metrics_port": _int_rule(0, 65535),
+}
+
+_INVALID = object()
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _one_line(value: object, limit: int = 80) -> str:
+    """Make ``value`` safe to echo in a one-line message: printable and at most ``limit``."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: object) -> str:
+    """Render a rejected value the way the user wrote it: strings quoted, booleans in TOML."""
+    if isinstance(value, str):
+        return "'" + _one_line(value) + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _one_line(value)
+
+
+def _suffix(origin: str | None) -> str:
+    return f" (from {origin})" if origin else ""
+
+
+def _convert(rule: _Rule, raw: object, lenient: bool) -> object:
+    """Convert ``raw`` to ``rule.type``; strings are parsed only when ``lenient``."""
+    if rule.type is bool:
+        if isinstance(raw, bool):
+            return raw
+        if lenient and isinstance(raw, str):
+            word = raw.strip().lower()
+            if word in _TRUE:
+                return True
+            if word in _FALSE:
+                return False
+        return _INVALID
+    if isinstance(raw, bool):  # a bool is an int to Python, never to a config file
+        return _INVALID
+    if rule.type is int:
+        if isinstance(raw, int):
+            return raw
+        if lenient and isinstance(raw, str) and _INT_RE.fullmatch(raw):
+            return int(raw)
+        return _INVALID
+    if rule.type is float:
+        if isinstance(raw, int | float):
+            return float(raw)
+        if lenient and isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                return _INVALID
+        return _INVALID
+    return raw if isinstance(raw, str) else _INVALID
+
+
+def _coerce(name: str, raw: object, origin: str | None) -> Any:
+    """Convert and check one setting.
+
+    Args:
+        name: the field name.
+        raw: the value as given.
+        origin: ``"env QUIESCE_X"``, ``"flag --x"``, ``"file <path>"`` or ``None`` for a
+            direct :class:`Settings` construction. Env and flag values may be strings.
+
+    Returns:
+        The value converted to the field's type.
+
+    Raises:
+        ConfigError: the value has the wrong type or is out of range.
+    """
+    rule = _RULES[name]
+    if raw is None and rule.optional:
+        return None
+    if name == "secret" and raw == "":
+        raise ConfigError(f"secret must not be empty{_suffix(origin)}")
+    lenient = origin is not None and not origin.startswith("file ")
+    value = _convert(rule, raw, lenient)
+    if value is _INVALID or not rule.valid(value):
+        expected = rule.expected
+        if rule.type is bool:
+            expected += " (true, false, yes, no, 1 or 0)" if lenient else " (true or false)"
+        raise ConfigError(f"{name} must be {expected}, got {_show(raw)}{_suffix(origin)}")
+    return value
+
+
+def _parse_flows(raw: object, origin: str | None) -> dict[str, dict[str, str]]:
+    """Check a ``flows`` value (``{flow: {kind: topic}}``) and copy it into plain dicts.
+
+    Raises:
+        ConfigError: a flow name breaks the pattern, a key is not a kind, or a topic is not a
+            non-empty string.
+    """
+    where = _suffix(origin)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"flows must be a table of [flows.NAME] tables, got {_show(raw)}{where}")
+    flows: dict[str, dict[str, str]] = {}
+    for flow, table in raw.items():
+        if not isinstance(flow, str) or not _FLOW_RE.fullmatch(flow):
+            raise ConfigError(
+                f"flows: invalid flow name {_show(flow)}: must match {FLOW_PATTERN}{where}"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(
+                f"flows.{flow} must be a table of kind = topic, got {_show(table)}{where}"
+            )
+        topics: dict[str, str] = {}
+        for kind, topic in table.items():
+            if kind not in KINDS:
+                raise ConfigError(f"flows.{flow}: unknown kind {_show(kind)}{where}")
+            if not isinstance(topic, str) or topic == "":
+                raise ConfigError(
+                    f"flows.{flow}.{kind} must be a non-empty string, got {_show(topic)}{where}"
+                )
+            topics[kind] = topic
+        flows[flow] = topics
+    return flows
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """Parse the TOML config file at ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read or is not valid TOML.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError:
+        raise ConfigError(f"config file '{path}': not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}': not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}': {exc}") from None
+
+
+def load_settings(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: str | None = None,
+) -> LoadedSettings:
+    """Merge flags, environment and config file over the defaults, per key.
+
+    Args:
+        flags: the flags the user actually gave, keyed by field name (``{"port": 0}``), typed
+            or as strings. A ``None`` value counts as not given.
+        environ: the environment (pass ``os.environ``); only ``QUIESCE_<FIELD>`` and
+            ``QUIESCE_CONFIG`` are read, and an empty value counts as unset.
+        config_file: path of the TOML file; defaults to ``environ["QUIESCE_CONFIG"]``, and
+            without either no file is read.
+
+    Returns:
+        The validated settings and, per field, which source supplied it.
+
+    Raises:
+        ConfigError: an unknown flag or file key, an unreadable or malformed file, or a value
+            of the wrong type or out of range; the message names the key and its origin.
+    """
+    for key in flags:
+        if key not in _RULES:
+            raise ConfigError(f"unknown setting '{_one_line(key)}' (from flag {_flag_name(key)})")
+
+    path = os.fspath(config_file) if config_file is not None else environ.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_file(path)
+        for key in data:
+            if key not in _RULES and key != "flows":
+                raise ConfigError(f"unknown setting '{_one_line(key)}' in config file '{path}'")
+    file_origin = f"file {path}"
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in _RULES:
+        env = _env_name(name)
+        if flags.get(name) is not None:
+            raw, origin = flags[name], f"flag {_flag_name(name)}"
+        elif environ.get(env, "") != "":
+            raw, origin = environ[env], f"env {env}"
+        elif name in data:
+            raw, origin = data[name], file_origin
+        else:
+            sources[name] = "default"
+            continue
+        values[name] = _coerce(name, raw, origin)
+        sources[name] = origin
+
+    if "flows" in data:
+        values["flows"] = _parse_flows(data["flows"], file_origin)
+        sources["flows"] = file_origin
+    else:
+        sources["flows"] = "default"
+
+    return LoadedSettings(settings=Settings(**values), sources=sources)
+
+
+def _toml_string(text: str) -> str:
+    """Quote ``text`` as a TOML basic string."""
+    escapes = {
+        '"': '\\"',
+        "\\": "\\\\",
+        "\b": "\\b",
+        "\t": "\\t",
+        "\n": "\\n",
+        "\f": "\\f",
+        "\r": "\\r",
+    }
+    out = []
+    for c in text:
+        if c in escapes:
+            out.append(escapes[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return _toml_string(str(value))
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
+
+
+def _comment(source: str) -> str:
+    return "   # " + _one_line(source, limit=1000)
+
+
+def render_settings(loaded: LoadedSettings) -> str:
+    """Render the effective settings as TOML for ``quiesce config``.
+
+    One line per key, ``key = value   # source``; the secret is shown as ``"***"``; a setting
+    that is unset (``pulsar_url``, ``secret``) becomes a commented line, since TOML has no null;
+    ``[flows.NAME]`` tables come last. The output parses as TOML.
+
+    Args:
+        loaded: the result of :func:`load_settings`.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    settings, sources = loaded.settings, loaded.sources
+    lines: list[str] = []
+    for f in fields(Settings):
+        if f.name == "flows":
+            continue
+        value = getattr(settings, f.name)
+        source = _comment(sources.get(f.name, "default"))
+        if value is None:
+            lines.append(f"# {f.name} = (unset){source}")
+        elif f.name == "secret":
+            lines.append(f'{f.name} = "***"{source}')
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}{source}")
+    flows_source = _comment(sources.get("flows", "default"))
+    if not settings.flows:
+        lines.append(f"# flows: none, every valid flow name uses topic_template{flows_source}")
+    for flow, topics in settings.flows.items():
+        lines.append("")
+        lines.append(f"[flows.{_toml_key(flow)}]{flows_source}")
+        for kind, topic in topics.items():
+            lines.append(f"{kind} = {_toml_string(topic)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,363 @@
+"""The quiesce process: the command line, signals, and the supervisor's root nursery.
+
+Commands::
+
+    quiesce serve [--host H] [--port P] [--pulsar-url URL] [--data-dir DIR] [--config FILE]
+                  [--shutdown-timeout S] [--secret TOKEN] [--log-format text|json] [--log-level L]
+    quiesce config [same flags]     print the effective settings and where each came from
+    quiesce diagrams [--out DIR]    render every lifecycle to SVG and Mermaid
+
+The supervisor tree (see docs/architecture.md)::
+
+    Supervisor            starting → serving → draining (→ forcing) → stopped
+     ├─ Broker            open_broker(): embedded pulsar-lite or an external URL; closed last
+     ├─ WebSocket server  websockets.trio, its handlers in a nursery of their own
+     └─ Connection actor ×N   (ImportActor / ExportActor), each with a publisher or subscriber
+
+Close events flow down (signal → supervisor drain → every connection's ``request_drain``),
+completion flows up (a connection's ``run`` returns only after its socket is closed; the
+supervisor's ``finish`` is guarded by "no connection open"; only then is the broker closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from websockets.trio.server import Server
+from websockets.trio.server import serve as ws_serve
+
+from actors._observe import JsonFormatter, TextFormatter, TransitionLog
+from actors.broker import open_broker
+from actors.connection import ConnectionActor, GatewayConnection, Services
+from actors.http import HttpFront
+from actors.importer import ImportActor
+from actors.metrics import Metrics
+from core.config import LoadedSettings, Settings, load_settings, render_settings
+from core.errors import BrokerError, ConfigError, QuiesceError
+from machines import ALL_MACHINES
+from machines.supervisor import SupervisorMachine
+
+LOGGER = logging.getLogger("quiesce.supervisor")
+
+# Frames the WebSocket layer may buffer per connection before it stops reading the socket
+# (websockets' default is 16; more keeps the reader busy between scheduler turns).
+WS_MAX_QUEUE = 64
+# Exit codes: 0 after a drain (graceful or forced), 1 when start-up failed, 2 for usage errors.
+EXIT_OK, EXIT_STARTUP, EXIT_USAGE = 0, 1, 2
+
+
+class StartupError(QuiesceError):
+    """The supervisor could not reach ``serving`` (port in use, broker down…)."""
+
+
+class Supervisor:
+    """The root actor: owns the broker, the listener and every connection actor.
+
+    Use ``await nursery.start(supervisor.serve)``; it returns once ready (``task_status``
+    gets the supervisor back, with ``port`` and ``url`` set) and runs until a drain
+    requested with ``request_shutdown`` has finished.
+
+    Args:
+        settings: the effective settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.machine = SupervisorMachine()
+        self.machine.add_listener(TransitionLog(LOGGER, "supervisor", "supervisor"))
+        self.metrics = Metrics()
+        self.front = HttpFront(settings, self.machine, self.metrics)
+        self.actors: set[ConnectionActor] = set()
+        self.port = 0
+        self.url = ""
+        self.shutdown_requested = trio.Event()
+        self._force_requested = False
+        self._drain_scope: trio.CancelScope | None = None
+        self._all_closed = trio.Event()
+
+    def request_shutdown(self) -> None:
+        """Start the drain (what SIGTERM and a first SIGINT do)."""
+        self.shutdown_requested.set()
+
+    def force(self) -> None:
+        """Stop waiting for drains at once (a second SIGINT)."""
+        self._force_requested = True
+        self.shutdown_requested.set()
+        if self._drain_scope is not None:
+            self._drain_scope.cancel(reason="forced by a second signal")
+
+    async def serve(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Run the gateway until a requested drain completes.
+
+        Raises:
+            StartupError: the listener or the broker could not start (``failed``).
+        """
+        settings = self.settings
+        try:
+            async with open_broker(settings) as broker:
+                services = Services(settings, broker, self.metrics)
+                async with trio.open_nursery() as nursery:
+                    server = await self._listen(nursery, services)
+                    self.machine.ready()
+                    LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
+                                ", embedded" if broker.embedded else "",
+                                extra={"url": self.url, "broker": broker.url})
+                    task_status.started(self)
+                    await self.shutdown_requested.wait()
+                    await self._drain(server)
+        except (BrokerError, OSError) as exc:
+            if not self.machine.is_final and not self.machine.draining.is_active:
+                self.machine.fail()
+            raise StartupError(str(exc)) from exc
+
+    async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
+        settings = self.settings
+        handler = functools.partial(self._handle, services=services)
+        try:
+            server: Server = await nursery.start(functools.partial(
+                ws_serve,
+                handler,
+                settings.port,
+                host=settings.host,
+                process_request=self.front,
+                create_connection=GatewayConnection,
+                compression=None,
+                max_size=settings.max_message_bytes,
+                max_queue=WS_MAX_QUEUE,
+                close_timeout=settings.socket_grace_period,
+            ))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from exc
+        sockname = server.listeners[0].socket.getsockname()
+        self.port = int(sockname[1])
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        self.url = f"http://{host}:{self.port}"
+        self.front.bound_url = self.url
+        return server
+
+    async def _handle(self, ws: GatewayConnection, services: Services) -> None:
+        if not self.machine.accepting:
+            # The handshake won the race against the drain's start: refuse politely.
+            await ws.aclose(1001, "server draining")
+            return
+        actor = self._make_actor(ws, services)
+        self.machine.connection_opened()
+        self.actors.add(actor)
+        self.metrics.connections.labels(actor.direction).inc()
+        try:
+            await actor.run()
+        except Exception:
+            LOGGER.error("connection actor failed", exc_info=True, extra={"actor": actor.id})
+            await ws.abort()
+        finally:
+            self.actors.discard(actor)
+            self.metrics.connections.labels(actor.direction).dec()
+            self.machine.connection_closed()
+            if not self.actors and (self.machine.draining.is_active or self.machine.forcing.is_active):
+                self._all_closed.set()
+
+    def _make_actor(self, ws: GatewayConnection, services: Services) -> ConnectionActor:
+        if ws.route.direction == "import":
+            return ImportActor(ws, services)
+        from actors.exporter import ExportActor
+
+        return ExportActor(ws, services)
+
+    async def _drain(self, server: Server) -> None:
+        started = trio.current_time()
+        self.machine.drain()
+        self.metrics.draining.set(1)
+        deadline = started + self.settings.shutdown_timeout
+        LOGGER.info("draining %d connections (deadline %.1fs)", len(self.actors),
+                    self.settings.shutdown_timeout)
+        for actor in list(self.actors):
+            actor.request_drain(deadline)
+        if not self.actors:
+            self._all_closed.set()
+        with trio.move_on_at(deadline) as self._drain_scope:
+            if self._force_requested:
+                self._drain_scope.cancel()
+            await self._all_closed.wait()
+        self._drain_scope = None
+        if self.actors:
+            self.machine.force()
+            LOGGER.warning("forcing %d connections still draining", len(self.actors))
+            for actor in list(self.actors):
+                actor.force_now()
+            with trio.move_on_after(self.settings.socket_grace_period + 1):
+                await self._all_closed.wait()
+        self.machine.finish()
+        self.metrics.shutdown_seconds.observe(trio.current_time() - started)
+        await server.aclose(close_connections=False)
+        if self.settings.queue_stats_on_shutdown:
+            self._log_queue_stats()
+
+    def _log_queue_stats(self) -> None:
+        m = self.metrics
+        LOGGER.info(
+            "shutdown complete: graceful=%d forced=%d publisher_queue_depth=%d",
+            _total(m.graceful_shutdowns), _total(m.forced_shutdowns),
+            int(m.publisher_queue_depth._value.get()),
+        )
+
+
+def _total(counter: Any) -> int:
+    return int(sum(s.value for metric in counter.collect() for s in metric.samples
+                   if s.name.endswith("_total")))
+
+
+async def _watch_signals(supervisor: Supervisor) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not supervisor.shutdown_requested.is_set():
+                LOGGER.info("%s received: draining", name, extra={"signal": name})
+                supervisor.request_shutdown()
+            elif signum == signal.SIGINT:
+                LOGGER.warning("second SIGINT: forcing", extra={"signal": name})
+                supervisor.force()
+
+
+async def run_process(settings: Settings) -> int:
+    """Serve until a signal's drain completes; return the exit code."""
+    supervisor = Supervisor(settings)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, supervisor)
+        try:
+            await supervisor.serve()
+        except StartupError as exc:
+            LOGGER.error("start-up failed: %s", exc)
+            print(f"quiesce: error: {exc}", file=sys.stderr)
+            nursery.cancel_scope.cancel()
+            return EXIT_STARTUP
+        nursery.cancel_scope.cancel()
+    LOGGER.info("stopped")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- command line
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    parser.add_argument("--host", default=s, help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", default=s, help="port to listen on, 0 for any (8088)")
+    parser.add_argument("--pulsar-url", dest="pulsar_url", default=s,
+                        help="use this broker instead of the embedded one")
+    parser.add_argument("--data-dir", dest="data_dir", default=s,
+                        help="embedded broker's storage (./.quiesce)")
+    parser.add_argument("--config", dest="config", default=s, help="TOML settings file")
+    parser.add_argument("--shutdown-timeout", dest="shutdown_timeout", default=s,
+                        help="bound of the whole drain on SIGTERM/SIGINT, seconds (30)")
+    parser.add_argument("--secret", default=s, help="token required by WebSockets and /metrics")
+    parser.add_argument("--log-format", dest="log_format", default=s, help="text or json")
+    parser.add_argument("--log-level", dest="log_level", default=s,
+                        help="debug, info, warning or error")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quiesce",
+        description="WebSocket <-> Apache Pulsar import/export gateway that never loses a message",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the gateway")
+    _add_setting_flags(serve)
+    config = sub.add_parser("config", help="print the effective settings and their sources")
+    _add_setting_flags(config)
+    diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
+    diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    return load_settings(flags, os.environ, getattr(args, "config", None))
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send logs to stderr in the chosen format (the process's only logging set-up)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # websockets logs every connection open/close at INFO; ours already say it.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+
+
+def machine_file_stem(machine: type) -> str:
+    """``ConnectionMachine`` → ``connection``: the file name of a machine's diagrams."""
+    name = machine.__name__
+    return name.removesuffix("Machine").lower()
+
+
+def render_diagrams(out: Path) -> list[Path]:
+    """Write ``<machine>.mmd`` and ``<machine>.svg`` for every machine into ``out``.
+
+    SVG comes from python-statemachine's DOT output laid out by ``graphviz-pure`` (a
+    pip-installed Graphviz port), so no system Graphviz is needed.
+
+    Raises:
+        QuiesceError: graphviz-pure is not installed or fails.
+    """
+    dot_binary = shutil.which("graphviz-pure") or str(Path(sys.executable).parent / "graphviz-pure")
+    if not Path(dot_binary).exists():
+        raise QuiesceError("graphviz-pure not found: pip install 'quiesce[diagrams]'")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for machine in ALL_MACHINES:
+        stem = machine_file_stem(machine)
+        mermaid = out / f"{stem}.mmd"
+        mermaid.write_text(f"{machine:mermaid}".rstrip() + "\n")
+        dot = f"{machine:dot}"
+        result = subprocess.run([dot_binary, "-Tsvg"], input=dot.encode(), capture_output=True,
+                                check=False)
+        if result.returncode != 0:
+            raise QuiesceError(f"graphviz-pure failed on {stem}: {result.stderr.decode()[:200]}")
+        svg = out / f"{stem}.svg"
+        svg.write_bytes(result.stdout)
+        written += [mermaid, svg]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``quiesce`` command. Returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "diagrams":
+        try:
+            for path in render_diagrams(Path(args.out)):
+                print(path)
+        except QuiesceError as exc:
+            print(f"quiesce: error: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+        return EXIT_OK
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        print(f"quiesce: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config":
+        print(render_settings(loaded), end="")
+        return EXIT_OK
+    configure_logging(loaded.settings)
+    try:
+        return trio.run(run_process, loaded.settings)
+    except KeyboardInterrupt:  # a SIGINT before the signal receiver was installed
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
