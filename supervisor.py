@@ -12,7 +12,7 @@ The supervisor tree (see docs/architecture.md)::
     Supervisor            starting → serving → draining (→ forcing) → stopped
      ├─ Broker            open_broker(): embedded pulsar-lite or an external URL; closed last
      ├─ WebSocket server  websockets.trio, its handlers in a nursery of their own
-     └─ Connection actor ×N   (ImportActor / ExportActor), each with a publisher or subscriber
+     └─ Connection actors  one per socket (ImportActor / ExportActor), each with its worker
 
 Close events flow down (signal → supervisor drain → every connection's ``request_drain``),
 completion flows up (a connection's ``run`` returns only after its socket is closed; the
@@ -166,7 +166,8 @@ class Supervisor:
             self.actors.discard(actor)
             self.metrics.connections.labels(actor.direction).dec()
             self.machine.connection_closed()
-            if not self.actors and (self.machine.draining.is_active or self.machine.forcing.is_active):
+            stopping = self.machine.draining.is_active or self.machine.forcing.is_active
+            if not self.actors and stopping:
                 self._all_closed.set()
 
     def _make_actor(self, ws: GatewayConnection, services: Services) -> ConnectionActor:

@@ -87,9 +87,9 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-async def _wait_for_port(host: str, port: int, timeout: float, process: trio.Process | None,
+async def _wait_for_port(host: str, port: int, limit: float, process: trio.Process | None,
                          log_path: Path | None) -> None:
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(limit):
         while True:
             if process is not None and process.poll() is not None:
                 tail = _tail(log_path) if log_path else ""
@@ -104,11 +104,12 @@ async def _wait_for_port(host: str, port: int, timeout: float, process: trio.Pro
                 continue
             await stream.aclose()
             return
-    raise BrokerUnavailable(f"nothing answers at pulsar://{host}:{port} after {timeout:g}s")
+    raise BrokerUnavailable(f"nothing answers at pulsar://{host}:{port} after {limit:g}s")
 
 
 async def _start_embedded(settings: Settings) -> tuple[trio.Process, str, Path]:
-    data_dir = Path(settings.data_dir).absolute()
+    # Start-up runs once, before serving: blocking file calls here delay nothing else.
+    data_dir = Path(settings.data_dir).absolute()  # noqa: ASYNC240
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

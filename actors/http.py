@@ -29,9 +29,9 @@ from core.errors import RouteError
 
 if TYPE_CHECKING:
     from actors.connection import GatewayConnection
+    from actors.metrics import Metrics
     from core.config import Settings
     from machines.supervisor import SupervisorMachine
-    from actors.metrics import Metrics
 
 API_PREFIX = "/api/v1/flow/"
 DIRECTIONS = ("import", "export")
@@ -106,7 +106,8 @@ def resolve_route(path: str, settings: Settings) -> Route:
     pieces = parts.path[len(API_PREFIX):].split("/")
     if len(pieces) != 3 or pieces[1] not in DIRECTIONS:
         raise RouteError(
-            f"no such path '{parts.path[:80]}': expected {API_PREFIX}{{flow}}/import|export/{{kind}}"
+            f"no such path '{parts.path[:80]}': "
+            f"expected {API_PREFIX}{{flow}}/import|export/{{kind}}"
         )
     flow, direction, kind = pieces
     topic = settings.topic_for(flow, kind)
@@ -115,7 +116,9 @@ def resolve_route(path: str, settings: Settings) -> Route:
         return Route("import", flow, kind, topic, receipts=_bool(query, "receipts"))
     window_text = _one(query, "window", str(settings.export_window))
     if not window_text.isdigit() or not 1 <= int(window_text) <= 1_000_000:
-        raise BadRequest(f"window must be an integer between 1 and 1000000, got '{window_text[:40]}'")
+        raise BadRequest(
+            f"window must be an integer between 1 and 1000000, got '{window_text[:40]}'"
+        )
     subscription = _one(query, "subscription", "") or None
     if subscription is not None and (len(subscription) > 200 or not subscription.isprintable()):
         raise BadRequest("subscription must be 1 to 200 printable characters")
@@ -142,7 +145,9 @@ def _token_ok(request: Request, query: str, secret: str) -> bool:
     return False
 
 
-def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+def _response(
+    status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+) -> Response:
     headers = Headers([
         ("Date", email.utils.formatdate(usegmt=True)),
         ("Connection", "close"),

@@ -2,7 +2,8 @@
 
 Theory of operation::
 
-    handshake --open--> running --drain--> draining --close [worker stopped, receipts sent]--> closing --finish--> closed
+    handshake --open--> running --drain--> draining
+    draining --close [worker stopped, receipts sent]--> closing --finish--> closed
     handshake --reject--> closed                      (HTTP error at the handshake)
     draining --force--> closing                       (the deadline passed: close code 1011)
 

@@ -12,7 +12,9 @@ break the one rule that matters, **no ack without delivery**::
     running --drain--> draining --stop [every taken message settled]--> stopped
     running/draining --abandon--> abandoned     (a deadline passed; the forced path)
 
-``take`` is legal only while running (draining pauses intake). ``stop`` is guarded by
+Draining pauses intake, but messages already on their way from the client library still
+arrive: ``take`` stays legal while draining so that they are counted, and therefore settled
+(nacked), before the subscriber may stop; it is refused once stopped. ``stop`` is guarded by
 ``all_settled``: the consumer may close gracefully only once nothing it took is left
 unacknowledged and un-nacked, so the broker will redeliver everything the client lacks.
 """
@@ -67,10 +69,10 @@ class SubscriberMachine(Lifecycle):
         """Count messages received from the consumer.
 
         Raises:
-            RuntimeError: if intake is paused (the subscriber is no longer running).
+            RuntimeError: if the subscriber has stopped (or was abandoned).
         """
-        if not self.running.is_active:
-            raise RuntimeError(f"subscriber is {self.state}: intake paused")
+        if self.is_final:
+            raise RuntimeError(f"subscriber is {self.state}: intake closed")
         self.taken += count
 
     def deliver(self, count: int = 1) -> None:

@@ -1,0 +1,225 @@
+"""The export connection actor: Pulsar messages out to a WebSocket, acked only once delivered.
+
+Theory of operation. Two tasks per connection:
+
+- the *writer* (``_deliver``) takes the next queued message from the subscriber and writes
+  it. With ``ack=auto`` the message is acked in Pulsar after ``send`` returned (the frame is
+  in the socket); with ``ack=client`` it is wrapped as ``{"seq": N, "message": …}`` and kept
+  in ``inflight`` until the client acks N, and the writer waits while ``window`` frames are
+  unacked.
+- the *reader* (``_read_client``) reads the client's frames: cumulative ``{"ack": N}``
+  (``ack=client``) and, at the end, its close frame (held until the drain is done).
+
+Whatever ends the connection — the client's close, a lost socket, the server's drain,
+``until=end``, too many consecutive errors — the writer stops first, the subscriber pauses
+intake, and then every message taken and not delivered (auto) or not client-acked (client) is
+nacked before the consumer closes. A server drain with ``ack=client`` first gives the client
+until the drain deadline to ack what it was sent.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from typing import Any
+
+import trio
+
+from actors._observe import TransitionLog
+from actors.connection import ConnectionActor, GatewayConnection, Services
+from actors.subscriber import Subscriber
+from core.errors import BrokerError, InvalidAck
+from machines.connection import ConnectionMachine
+
+LOGGER = logging.getLogger("quiesce.export")
+
+# until=end: how long the end entry must stay quiet before the backlog counts as delivered.
+END_QUIET_PERIOD = 0.05
+
+
+class ExportActor(ConnectionActor):
+    """One export WebSocket, its subscriber and its connection machine."""
+
+    direction = "export"
+
+    def __init__(self, ws: GatewayConnection, services: Services) -> None:
+        super().__init__(ws, services)
+        route = self.route
+        self.subscriber = Subscriber(services.broker, route, self.settings, self.metrics,
+                                     self.id)
+        self.machine = ConnectionMachine(self.subscriber.machine)
+        self.machine.add_listener(TransitionLog(
+            LOGGER, "connection", self.id, direction="export",
+            subscription=self.subscriber.subscription, **self.log_fields))
+        self.client_mode = route.ack_mode == "client"
+        self.sent = 0                     # frames written (the last seq, with ack=client)
+        self.client_acked = 0             # the client's cumulative ack
+        self.inflight: collections.deque[tuple[int, Any]] = collections.deque()
+        self._acked = trio.Event()
+        self._exported = self.metrics.exported.labels(route.kind)
+        self._end_id: Any = None          # until=end: the last message id at connect time
+        self._reached_end = False
+
+    async def run(self) -> None:
+        """Serve the connection until its socket is closed (see the module docstring)."""
+        machine = self.machine
+        machine.open()
+        error_code: int | None = None
+        with self.run_scope:
+            try:
+                await self.subscriber.open()
+                if self.route.until_end:
+                    last = await self.subscriber.last_message_id()
+                    self._end_id = None if last is None else _position(last)
+            except BrokerError as exc:
+                LOGGER.error("export cannot start: %s", exc, extra=self.log_fields)
+                await self.ws.send_json({"error": {"code": "broker-unavailable",
+                                                   "detail": str(exc)}})
+                error_code = 1011
+            async with trio.open_nursery() as nursery:
+                if error_code is None:
+                    nursery.start_soon(self._read_client)
+                    with self.intake_scope:
+                        if self._end_id is None and self.route.until_end:
+                            self._reached_end = True
+                        else:
+                            error_code = await self._deliver()
+                started = trio.current_time()
+                machine.drain()
+                await self._drain()
+                nursery.cancel_scope.cancel(reason="export drained")
+            if not self.ws.is_open:
+                machine.peer_lost()
+            if self._reached_end and self.ws.is_open:
+                await self.ws.send_json({"end": True})
+            await self.close_socket(machine, started, error_code)
+        if self.run_scope.cancelled_caught:
+            await self._forced()
+
+    async def _deliver(self) -> int | None:
+        """The writer loop; returns a close code for an abnormal end, or None."""
+        subscriber, ws = self.subscriber, self.ws
+        window = self.route.window
+        client_mode = self.client_mode
+        while True:
+            if client_mode:
+                while len(self.inflight) >= window:
+                    self._acked = trio.Event()
+                    await self._acked.wait()
+            message = await subscriber.get()
+            text = message.data().decode("utf-8", errors="replace")
+            if client_mode:
+                seq = self.sent + 1
+                text = f'{{"seq":{seq},"message":{text}}}'
+            if not await ws.send_text(text):
+                subscriber.unget(message)  # never written: nacked by the drain
+                return None
+            self.sent += 1
+            subscriber.delivered()
+            self._exported.inc()
+            if client_mode:
+                self.inflight.append((self.sent, message))
+            else:
+                subscriber.ack(message)
+            if self._end_id is not None and self._past_end(message):
+                # The rest of a batched entry may still be on its way from the listener
+                # thread (the broker's last id names the entry, not its last message): give
+                # it END_QUIET_PERIOD to show up before calling the backlog delivered.
+                with trio.move_on_after(END_QUIET_PERIOD):
+                    await subscriber.wait_arrival()
+                if subscriber.queue:
+                    continue
+                # until=end: the backlog is delivered; with ack=client, wait for its acks.
+                while self.inflight:
+                    self._acked = trio.Event()
+                    await self._acked.wait()
+                self._reached_end = True
+                return None
+
+    def _past_end(self, message: Any) -> bool:
+        # Positions compare as (ledger, entry): a batched entry holds several messages, and
+        # the broker's last id names the entry (batch index -1), not its last message.
+        end = self._end_id
+        if _position(message.message_id()) < end:
+            return False
+        # The end entry is delivered once none of it (or older) is still queued.
+        return not any(_position(m.message_id()) <= end for m in self.subscriber.queue)
+
+    async def _read_client(self) -> None:
+        ws = self.ws
+        while True:
+            frame = await ws.receive_frame()
+            if frame is None:
+                # The client closed (its close frame is held) or the socket is gone.
+                self.intake_scope.cancel(reason="client closed")
+                return
+            try:
+                self._apply_ack(frame)
+            except InvalidAck as exc:
+                await ws.send_json({"error": {"code": InvalidAck.code, "detail": str(exc)}})
+
+    def _apply_ack(self, frame: str | bytes) -> None:
+        if not self.client_mode:
+            raise InvalidAck("ack=auto: this connection expects no frames from the client")
+        try:
+            obj = json.loads(frame)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidAck(f"not JSON: {exc}") from None
+        if type(obj) is not dict or "ack" not in obj:
+            raise InvalidAck('expected {"ack": N}')
+        n = obj["ack"]
+        if type(n) is not int:
+            raise InvalidAck(f"ack must be an integer, got {json.dumps(n)[:40]}")
+        if n < self.client_acked:
+            raise InvalidAck(f"ack {n} goes backwards: already acked {self.client_acked}")
+        if n > self.sent:
+            raise InvalidAck(f"ack {n} is beyond the last seq sent ({self.sent})")
+        inflight, subscriber = self.inflight, self.subscriber
+        while inflight and inflight[0][0] <= n:
+            subscriber.ack(inflight.popleft()[1])
+        self.client_acked = n
+        self._acked.set()
+
+    async def _drain(self) -> None:
+        subscriber = self.subscriber
+        subscriber.pause()
+        subscriber.settle_remaining()
+        if (self.client_mode and self.inflight and self.server_draining
+                and self.ws.is_open and not self.ws.client_closed.is_set()):
+            # CONTRACT §4: a server drain gives the client until the deadline to ack.
+            with trio.move_on_at(self.drain_deadline(self.settings.subscriber_drain_timeout)):
+                while self.inflight and self.ws.is_open:
+                    self._acked = trio.Event()
+                    await self._acked.wait()
+        while self.inflight:
+            subscriber.nack_delivered(self.inflight.popleft()[1])
+        subscriber.settle_remaining()  # messages that arrived while we waited
+        await subscriber.aclose(graceful=True)
+
+    async def _forced(self) -> None:
+        # The supervisor's deadline cut the run short: nack what we hold, close with 1011.
+        subscriber, machine = self.subscriber, self.machine
+        if not subscriber.machine.is_final:
+            subscriber.pause()
+            subscriber.settle_remaining()
+            while self.inflight:
+                subscriber.nack_delivered(self.inflight.popleft()[1])
+            await subscriber.aclose(graceful=False)
+        if machine.running.is_active:
+            machine.drain()
+        if machine.draining.is_active:
+            machine.force()
+            self.metrics.forced_shutdowns.labels(self.direction).inc()
+        with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
+            await self.ws.close_after_drain(1011, "shutdown deadline")
+        if scope.cancelled_caught:
+            await self.ws.abort()
+        if machine.closing.is_active:
+            machine.finish()
+
+
+
+def _position(message_id: Any) -> tuple[int, int]:
+    """A message id's (ledger, entry): its place in the topic, batch index aside."""
+    return (message_id.ledger_id(), message_id.entry_id())

@@ -1,0 +1,245 @@
+"""The subscriber actor: one Pulsar consumer per export connection, bridged to Trio.
+
+Receiving. The consumer has a ``message_listener``: pulsar-client calls it on its listener
+thread for each message, and it only appends the message to a ``Handoff``, which wakes the
+Trio thread once per burst. No receive call is ever pending on Trio's behalf, so no
+cancellation can leave a stale receive that swallows a message (the way TrustGraph's gateway
+loses messages when idle): every message that reaches this process is in ``queue``, in the
+export actor's hands, or already acked or nacked.
+
+Backpressure on ``queue`` (``subscriber_max_queue_size``): ``block`` pauses the listener
+while the queue is full (the broker then holds the messages); ``drop_new`` nacks the message
+that would not fit; ``drop_oldest`` nacks the oldest queued one to make room. A nacked message
+comes back after ``nack_redelivery_delay_ms``. Nothing here acks a message: acks happen only
+through ``ack``, which the export actor calls after the frame was written (``ack=auto``) or
+the client acked it (``ack=client``); the machine refuses an ack without a delivery.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pulsar
+import trio
+
+from actors._bridge import Handoff
+from actors._observe import TransitionLog
+from core.errors import BrokerError
+from machines.subscriber import SubscriberMachine
+
+if TYPE_CHECKING:
+    from actors.broker import Broker
+    from actors.http import Route
+    from actors.metrics import Metrics
+    from core.config import Settings
+
+LOGGER = logging.getLogger("quiesce.subscriber")
+
+# How long closing a consumer may take (a broker round trip).
+CONSUMER_CLOSE_TIMEOUT = 5.0
+# Messages the client library prefetches per consumer.
+RECEIVER_QUEUE_SIZE = 1000
+
+
+class Subscriber:
+    """Owns one consumer, its ``SubscriberMachine`` and the per-connection queue.
+
+    Resource handling: ``open`` subscribes; ``aclose`` is always called at the end and closes
+    the consumer (a fresh per-connection subscription is deleted instead, so its backlog does
+    not outlive the connection). Before ``aclose``, the export actor must have acked or
+    nacked every message it took: ``settle_remaining`` nacks whatever is left.
+
+    Args:
+        broker: the process's broker.
+        route: topic, subscription, position, backpressure.
+        settings: queue size, nack delay.
+        metrics: where to count.
+        actor_id: the owning connection's id, for logs.
+    """
+
+    def __init__(
+        self, broker: Broker, route: Route, settings: Settings, metrics: Metrics, actor_id: str
+    ) -> None:
+        self.route = route
+        self.machine = SubscriberMachine()
+        self.machine.add_listener(TransitionLog(LOGGER, "subscriber", actor_id,
+                                                topic=route.topic))
+        self.named = route.subscription is not None
+        self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"
+        self.queue: collections.deque[Any] = collections.deque()
+        self.max_queue = settings.subscriber_max_queue_size
+        self._broker = broker
+        self._settings = settings
+        self._metrics = metrics
+        self._consumer: pulsar.Consumer | None = None
+        self._paused = False
+        self._arrival = trio.Event()
+        self._handoff: Handoff[Any] = Handoff(self._arrived)
+        kind = route.kind
+        self._nacked_dropped = metrics.subscriber_messages_nacked.labels(kind, "backpressure")
+        self._nacked_end = metrics.subscriber_messages_nacked.labels(kind, "undelivered")
+        self._acked = metrics.acknowledged.labels(kind)
+        self._depth = metrics.subscriber_queue_depth
+
+    async def open(self) -> None:
+        """Subscribe (a broker round trip, in a worker thread).
+
+        Raises:
+            BrokerError: the broker refused or did not answer.
+        """
+        route = self.route
+        position = (pulsar.InitialPosition.Earliest if route.position == "earliest"
+                    else pulsar.InitialPosition.Latest)
+
+        def subscribe() -> pulsar.Consumer:
+            return self._broker.client.subscribe(
+                route.topic,
+                self.subscription,
+                consumer_type=pulsar.ConsumerType.Shared,
+                message_listener=self._listener,
+                receiver_queue_size=RECEIVER_QUEUE_SIZE,
+                negative_ack_redelivery_delay_ms=self._settings.nack_redelivery_delay_ms,
+                initial_position=position,
+                consumer_name=f"quiesce-{uuid.uuid4().hex[:8]}",
+            )
+
+        try:
+            self._consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
+        except Exception as exc:
+            raise BrokerError(f"cannot subscribe to {route.topic}: {exc}") from exc
+
+    async def last_message_id(self) -> Any:
+        """The id of the topic's last message now (for ``until=end``), or None if empty."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        try:
+            message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
+        except Exception as exc:
+            # pulsar-lite answers an empty topic with an error instead of an earliest id.
+            if "no messages" in str(exc).lower() or "UnknownError" in type(exc).__name__:
+                return None
+            raise BrokerError(f"cannot read the last message id of {self.route.topic}: {exc}"
+                              ) from exc
+        if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
+            return None
+        return message_id
+
+    def _listener(self, _consumer: Any, message: Any) -> None:
+        # On pulsar-client's listener thread: hand over and return at once.
+        self._handoff.put(message)
+
+    def _arrived(self, batch: list[Any]) -> None:
+        machine, queue = self.machine, self.queue
+        consumer = self._consumer
+        if machine.is_final or consumer is None:
+            # The consumer is closed or closing: the broker redelivers these anyway.
+            return
+        machine.take(len(batch))
+        strategy = self.route.backpressure
+        for message in batch:
+            if not machine.running.is_active:
+                self._nack_undelivered(message, self._nacked_end)
+            elif len(queue) < self.max_queue or strategy == "block":
+                queue.append(message)
+                self._depth.inc()
+            elif strategy == "drop_new":
+                self._nack_undelivered(message, self._nacked_dropped)
+            else:  # drop_oldest
+                self._nack_undelivered(queue.popleft(), self._nacked_dropped)
+                self._depth.dec()
+                queue.append(message)
+                self._depth.inc()
+        if strategy == "block" and len(queue) >= self.max_queue and not self._paused:
+            self._paused = True
+            consumer.pause_message_listener()
+        self._arrival.set()
+
+    def _nack_undelivered(self, message: Any, counter: Any) -> None:
+        assert self._consumer is not None
+        self._consumer.negative_acknowledge(message)
+        self.machine.drop()
+        counter.inc()
+        if self.machine.draining.is_active:
+            self._metrics.shutdown_drops.inc()
+
+    async def get(self) -> Any:
+        """Wait for the next queued message and take it out of the queue (FIFO)."""
+        while not self.queue:
+            self._arrival = trio.Event()
+            await self._arrival.wait()
+        message = self.queue.popleft()
+        self._depth.dec()
+        if self._paused and len(self.queue) < self.max_queue and self.machine.running.is_active:
+            self._paused = False
+            assert self._consumer is not None
+            self._consumer.resume_message_listener()
+        return message
+
+    async def wait_arrival(self) -> None:
+        """Wait until the next batch of messages arrives from the consumer."""
+        self._arrival = trio.Event()
+        await self._arrival.wait()
+
+    def unget(self, message: Any) -> None:
+        """Put back a message taken with ``get`` that could not be delivered."""
+        self.queue.appendleft(message)
+        self._depth.inc()
+
+    def delivered(self) -> None:
+        """Count one message written to the socket (not yet acked)."""
+        self.machine.deliver()
+
+    def ack(self, message: Any) -> None:
+        """Acknowledge a delivered message in Pulsar (the machine refuses it otherwise)."""
+        assert self._consumer is not None
+        self.machine.ack()
+        self._consumer.acknowledge(message)
+        self._acked.inc()
+
+    def nack_delivered(self, message: Any) -> None:
+        """Negatively acknowledge a delivered message the client never acked."""
+        assert self._consumer is not None
+        self.machine.nack_delivered()
+        self._consumer.negative_acknowledge(message)
+        self._nacked_end.inc()
+        if self.machine.draining.is_active:
+            self._metrics.shutdown_drops.inc()
+
+    def pause(self) -> None:
+        """Stop intake: the first step of the drain."""
+        if self.machine.running.is_active:
+            self.machine.drain()
+        if self._consumer is not None and not self._paused:
+            self._paused = True
+            self._consumer.pause_message_listener()
+
+    def settle_remaining(self) -> None:
+        """Nack every queued (undelivered) message."""
+        while self.queue:
+            self._nack_undelivered(self.queue.popleft(), self._nacked_end)
+            self._depth.dec()
+
+    async def aclose(self, graceful: bool) -> None:
+        """End the subscriber: ``stop`` if everything was settled, else ``abandon``; close."""
+        if self.machine.running.is_active:
+            self.machine.drain()
+        if not self.machine.is_final:
+            if graceful and self.machine.all_settled():
+                self.machine.stop()
+            else:
+                self.machine.abandon()
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        close = consumer.close if self.named else consumer.unsubscribe
+        with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
+            try:
+                await trio.to_thread.run_sync(close, abandon_on_cancel=True)
+            except Exception:
+                LOGGER.warning("consumer close failed", exc_info=True,
+                               extra={"topic": self.route.topic})
+                if not self.named:
+                    await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
