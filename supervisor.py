@@ -25,6 +25,7 @@ import argparse
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from websockets.trio.server import serve as ws_serve
 from actors._observe import JsonFormatter, TextFormatter, TransitionLog
 from actors.broker import open_broker
 from actors.connection import ConnectionActor, GatewayConnection, Services
+from actors.exporter import ExportActor
 from actors.http import HttpFront
 from actors.importer import ImportActor
 from actors.metrics import Metrics
@@ -78,12 +80,23 @@ class Supervisor:
         self.metrics = Metrics()
         self.front = HttpFront(settings, self.machine, self.metrics)
         self.actors: set[ConnectionActor] = set()
+        # Queue depths are read when scraped, not updated per message on the hot path.
+        self.metrics.publisher_queue_depth.set_function(self._publisher_depth)
+        self.metrics.subscriber_queue_depth.set_function(self._subscriber_depth)
         self.port = 0
         self.url = ""
         self.shutdown_requested = trio.Event()
         self._force_requested = False
         self._drain_scope: trio.CancelScope | None = None
         self._all_closed = trio.Event()
+
+    def _publisher_depth(self) -> float:
+        return float(sum(a.publisher.machine.unconfirmed for a in list(self.actors)
+                         if isinstance(a, ImportActor)))
+
+    def _subscriber_depth(self) -> float:
+        return float(sum(len(a.subscriber.queue) for a in list(self.actors)
+                         if isinstance(a, ExportActor)))
 
     def request_shutdown(self) -> None:
         """Start the drain (what SIGTERM and a first SIGINT do)."""
@@ -173,8 +186,6 @@ class Supervisor:
     def _make_actor(self, ws: GatewayConnection, services: Services) -> ConnectionActor:
         if ws.route.direction == "import":
             return ImportActor(ws, services)
-        from actors.exporter import ExportActor
-
         return ExportActor(ws, services)
 
     async def _drain(self, server: Server) -> None:
@@ -211,7 +222,7 @@ class Supervisor:
         LOGGER.info(
             "shutdown complete: graceful=%d forced=%d publisher_queue_depth=%d",
             _total(m.graceful_shutdowns), _total(m.forced_shutdowns),
-            int(m.publisher_queue_depth._value.get()),
+            int(self._publisher_depth()),
         )
 
 
@@ -323,7 +334,8 @@ def render_diagrams(out: Path) -> list[Path]:
         stem = machine_file_stem(machine)
         mermaid = out / f"{stem}.mmd"
         mermaid.write_text(f"{machine:mermaid}".rstrip() + "\n")
-        dot = f"{machine:dot}"
+        # The DOT names helper nodes after id(): make them stable so the SVG is reproducible.
+        dot = re.sub(r"(__initial|cluster___atomic)_\d+", r"\1", f"{machine:dot}")
         result = subprocess.run([dot_binary, "-Tsvg"], input=dot.encode(), capture_output=True,
                                 check=False)
         if result.returncode != 0:

@@ -35,6 +35,10 @@ from machines.connection import ConnectionMachine
 
 LOGGER = logging.getLogger("quiesce.import")
 
+# Receipts are coalesced: after sending one, the sender lets this much time pass before the
+# next, so a fast stream gets a few hundred acks a second instead of one per broker batch.
+RECEIPT_INTERVAL = 0.005
+
 BINARY_DETAIL = "binary frames are not supported: send each message as a JSON text frame"
 
 
@@ -58,6 +62,7 @@ class ImportActor(ConnectionActor):
         self._errors: deque[dict[str, object]] = deque()
         self._dirty = trio.Event()
         self._closing = False
+        self._stop_requested = trio.Event()
         self._sender_done = trio.Event()
         self._rejected = {
             code: self.metrics.rejected.labels(route.kind, code)
@@ -175,6 +180,9 @@ class ImportActor(ConnectionActor):
                 closing = self._closing  # read before the flush: a later stop flushes again
                 if not await self._flush() or closing:
                     return
+                with trio.move_on_after(RECEIPT_INTERVAL):
+                    while not self._closing:  # a stop request ends the pause at once
+                        await self._stop_requested.wait()
         finally:
             self._sender_done.set()
 
@@ -185,13 +193,14 @@ class ImportActor(ConnectionActor):
             if not await self.ws.send_json(errors.popleft()):
                 return False
         if self.route.receipts and watermark > self.machine.last_ack:
-            if not await self.ws.send_json({"ack": watermark}):
+            if not await self.ws.send_text(f'{{"ack":{watermark}}}'):
                 return False
             self.machine.record_ack(watermark)
         return True
 
     async def _stop_sender(self, deadline: float) -> None:
         self._closing = True
+        self._stop_requested.set()
         self._dirty.set()
         with trio.move_on_at(deadline):
             await self._sender_done.wait()

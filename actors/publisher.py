@@ -73,13 +73,16 @@ class Publisher:
         self._settings = settings
         self._metrics = metrics
         self._on_settled = on_settled
-        self._capacity = trio.Semaphore(settings.publisher_max_queue_size)
+        # Frames in flight are bounded by a plain count, not a trio.Semaphore: releases come
+        # in batches of hundreds, and a semaphore would wake its parking lot once per frame.
+        self._limit = settings.publisher_max_queue_size
+        self._in_flight = 0
+        self._room = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self._handoff: Handoff[tuple[int, Any]] = Handoff(self._settle_batch)
         self._producer: pulsar.Producer | None = None
         self._imported = metrics.imported.labels(kind)
-        self._depth = metrics.publisher_queue_depth
         self.failures = 0
 
     async def open(self) -> None:
@@ -117,11 +120,16 @@ class Publisher:
 
     async def wait_capacity(self) -> None:
         """Wait for room for one more frame in flight. Pair with ``publish_nowait``."""
-        await self._capacity.acquire()
+        # No checkpoint on the fast path: the caller's next await (the socket read) is one.
+        while self._in_flight >= self._limit:
+            self._room = trio.Event()
+            await self._room.wait()
+        self._in_flight += 1
 
     def release_capacity(self) -> None:
         """Give back a permit taken by ``wait_capacity`` and not used for a frame."""
-        self._capacity.release()
+        self._in_flight -= 1
+        self._room.set()
 
     def publish_nowait(self, seq: int, payload: bytes) -> None:
         """Hand frame ``seq`` to the producer; its fate arrives later through ``on_settled``."""
@@ -129,7 +137,6 @@ class Publisher:
         self.machine.accept()
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._depth.inc()
         self._producer.send_async(payload, functools.partial(self._sent, seq))
 
     def _sent(self, seq: int, result: Any, _msg_id: Any) -> None:
@@ -143,16 +150,16 @@ class Publisher:
             return
         ok = pulsar.Result.Ok
         persisted = 0
+        self.machine.settle(len(batch))
+        self._in_flight -= len(batch)
+        self._room.set()
         for seq, result in batch:
-            self.machine.settle()
-            self._capacity.release()
             if result == ok:
                 persisted += 1
                 self._on_settled(seq, None)
             else:
                 self.failures += 1
                 self._on_settled(seq, f"broker refused the message: {result}")
-        self._depth.dec(len(batch))
         self._imported.inc(persisted)
         if self.machine.unconfirmed == 0:
             self._idle.set()
@@ -184,8 +191,6 @@ class Publisher:
         if producer is None:
             return
         self._metrics.publisher_queue_capacity.dec(self._settings.publisher_max_queue_size)
-        if self.machine.unconfirmed:
-            self._depth.dec(self.machine.unconfirmed)
         with trio.move_on_after(PRODUCER_CLOSE_TIMEOUT, shield=True):
             try:
                 await trio.to_thread.run_sync(producer.close, abandon_on_cancel=True)

@@ -82,7 +82,6 @@ class Subscriber:
         self._nacked_dropped = metrics.subscriber_messages_nacked.labels(kind, "backpressure")
         self._nacked_end = metrics.subscriber_messages_nacked.labels(kind, "undelivered")
         self._acked = metrics.acknowledged.labels(kind)
-        self._depth = metrics.subscriber_queue_depth
 
     async def open(self) -> None:
         """Subscribe (a broker round trip, in a worker thread).
@@ -139,19 +138,17 @@ class Subscriber:
             return
         machine.take(len(batch))
         strategy = self.route.backpressure
+        running = machine.running.is_active
         for message in batch:
-            if not machine.running.is_active:
+            if not running:
                 self._nack_undelivered(message, self._nacked_end)
             elif len(queue) < self.max_queue or strategy == "block":
                 queue.append(message)
-                self._depth.inc()
             elif strategy == "drop_new":
                 self._nack_undelivered(message, self._nacked_dropped)
             else:  # drop_oldest
                 self._nack_undelivered(queue.popleft(), self._nacked_dropped)
-                self._depth.dec()
                 queue.append(message)
-                self._depth.inc()
         if strategy == "block" and len(queue) >= self.max_queue and not self._paused:
             self._paused = True
             consumer.pause_message_listener()
@@ -171,7 +168,6 @@ class Subscriber:
             self._arrival = trio.Event()
             await self._arrival.wait()
         message = self.queue.popleft()
-        self._depth.dec()
         if self._paused and len(self.queue) < self.max_queue and self.machine.running.is_active:
             self._paused = False
             assert self._consumer is not None
@@ -186,7 +182,6 @@ class Subscriber:
     def unget(self, message: Any) -> None:
         """Put back a message taken with ``get`` that could not be delivered."""
         self.queue.appendleft(message)
-        self._depth.inc()
 
     def delivered(self) -> None:
         """Count one message written to the socket (not yet acked)."""
@@ -220,7 +215,6 @@ class Subscriber:
         """Nack every queued (undelivered) message."""
         while self.queue:
             self._nack_undelivered(self.queue.popleft(), self._nacked_end)
-            self._depth.dec()
 
     async def aclose(self, graceful: bool) -> None:
         """End the subscriber: ``stop`` if everything was settled, else ``abandon``; close."""

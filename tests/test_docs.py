@@ -1,0 +1,67 @@
+"""The docs stay true: diagrams match the machines, the alert rules name exported metrics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import trio
+
+from supervisor import Supervisor, render_diagrams
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# PromQL words that look like metric names in an expression but are not.
+PROMQL_WORDS = {"increase", "rate", "sum", "clamp_min", "or", "and", "by", "without"}
+
+
+def test_docs_diagrams_match_what_quiesce_diagrams_writes_now(tmp_path: Path) -> None:
+    """docs/diagrams holds exactly what `quiesce diagrams` renders from the machines today."""
+    written = render_diagrams(tmp_path)
+    assert written, "no diagram rendered"
+    for path in written:
+        committed = DOCS / "diagrams" / path.name
+        assert committed.exists(), f"{committed} missing: run `quiesce diagrams`"
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{committed} is stale: run `quiesce diagrams`"
+        )
+    assert {p.name for p in (DOCS / "diagrams").iterdir()} == {p.name for p in written}
+
+
+def test_every_page_embeds_existing_diagrams() -> None:
+    """Every diagram a docs page links to exists, and every machine's SVG is linked somewhere."""
+    pages = "".join(p.read_text() for p in DOCS.glob("*.md"))
+    linked = set(re.findall(r"diagrams/([a-z_]+\.svg)", pages))
+    svgs = {p.name for p in (DOCS / "diagrams").glob("*.svg")}
+    assert linked == svgs
+
+
+def alert_metric_names(text: str) -> set[str]:
+    """Metric names used in the ``expr:`` of each rule in an alerts file."""
+    names: set[str] = set()
+    exprs = re.findall(r"expr:\s*(\|[^\n]*\n(?:\s{10,}[^\n]*\n)+|[^\n]+)", text)
+    for expr in exprs:
+        for word in re.findall(r"\b[a-z][a-z0-9_]*\b", expr.lstrip("|")):
+            if "_" in word and word not in PROMQL_WORDS:
+                names.add(word)
+    return names
+
+
+async def test_every_metric_in_the_alert_rules_is_exported(
+    nursery: trio.Nursery, gateway: Supervisor
+) -> None:
+    """Each metric docs/alerts.yml names is a metric family the gateway exposes on /metrics."""
+    names = alert_metric_names((DOCS / "alerts.yml").read_text())
+    assert len(names) >= 6, names
+    stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
+    with trio.fail_after(10):
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = b""
+        while chunk := await stream.receive_some():
+            body += chunk
+    await stream.aclose()
+    text = body.decode()
+    assert text.startswith("HTTP/1.1 200")
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    for name in names:
+        # prometheus-client names a counter's family with or without _total by version.
+        assert {name, name.removesuffix("_total")} & families, f"{name} is not exported"
