@@ -62,6 +62,8 @@ class ImportActor(ConnectionActor):
         self._errors: deque[dict[str, object]] = deque()
         self._dirty = trio.Event()
         self._closing = False
+        self._consecutive_failures = 0
+        self.error_code: int | None = None
         self._stop_requested = trio.Event()
         self._sender_done = trio.Event()
         self._rejected = {
@@ -74,14 +76,13 @@ class ImportActor(ConnectionActor):
         machine = self.machine
         machine.open()
         with self.run_scope:
-            error_code = None
             try:
                 await self.publisher.open()
             except BrokerError as exc:
                 LOGGER.error("import cannot start: %s", exc, extra=self.log_fields)
                 self._errors.append({"error": {"code": "broker-unavailable", "detail": str(exc)}})
                 self._dirty.set()
-                error_code = 1011
+                self.error_code = 1011
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_receipts)
                 if self.publisher.is_open:
@@ -96,7 +97,7 @@ class ImportActor(ConnectionActor):
                 nursery.cancel_scope.cancel(reason="sender outlived its deadline")
             if not self.ws.is_open:
                 machine.peer_lost()
-            await self.close_socket(machine, started, error_code)
+            await self.close_socket(machine, started, self.error_code)
         if self.run_scope.cancelled_caught:
             await self._forced()
 
@@ -156,9 +157,17 @@ class ImportActor(ConnectionActor):
 
     def _settled(self, seq: int, failure: str | None) -> None:
         if failure is None:
+            self._consecutive_failures = 0
             self._settle(seq)
-        else:
-            self._reject(seq, "publish-failed", failure)
+            return
+        self._reject(seq, "publish-failed", failure)
+        self._consecutive_failures += 1
+        if self._consecutive_failures == self.settings.max_consecutive_errors:
+            # The spec's cap on consecutive send errors: stop taking frames, drain, 1011.
+            LOGGER.error("closing after %d consecutive publish failures",
+                         self._consecutive_failures, extra=self.log_fields)
+            self.error_code = 1011
+            self.intake_scope.cancel(reason="too many consecutive publish failures")
 
     def _settle(self, seq: int) -> None:
         if seq != self.watermark + 1:

@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("quiesce.publisher")
 
-# How long closing a producer may take once it is drained (a flush of nothing, a round trip).
-PRODUCER_CLOSE_TIMEOUT = 5.0
-
 # Called in Trio for each settled frame: (sequence number, None if persisted else why not).
 SettledCallback = Callable[[int, str | None], None]
 
@@ -191,7 +188,9 @@ class Publisher:
         if producer is None:
             return
         self._metrics.publisher_queue_capacity.dec(self._settings.publisher_max_queue_size)
-        with trio.move_on_after(PRODUCER_CLOSE_TIMEOUT, shield=True):
+        # Closing flushes the producer: bounded by producer_flush_timeout, shielded because it
+        # runs on every way out, cancellation included.
+        with trio.move_on_after(self._settings.producer_flush_timeout, shield=True):
             try:
                 await trio.to_thread.run_sync(producer.close, abandon_on_cancel=True)
             except Exception:
