@@ -117,6 +117,7 @@ class Supervisor:
             StartupError: the listener or the broker could not start (``failed``).
         """
         settings = self.settings
+        failure: BaseException | None = None
         try:
             async with open_broker(settings) as broker:
                 services = Services(settings, broker, self.metrics)
@@ -129,10 +130,15 @@ class Supervisor:
                     task_status.started(self)
                     await self.shutdown_requested.wait()
                     await self._drain(server)
-        except (BrokerError, OSError) as exc:
+        except* (BrokerError, OSError, StartupError) as group:
+            # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
+            failure = group.exceptions[0]
+        if failure is not None:
             if not self.machine.is_final and not self.machine.draining.is_active:
                 self.machine.fail()
-            raise StartupError(str(exc)) from exc
+            if isinstance(failure, StartupError):
+                raise failure
+            raise StartupError(str(failure)) from failure
 
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings

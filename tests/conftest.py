@@ -26,6 +26,8 @@ from supervisor import Supervisor
 
 # How long a broker may take to listen at session start.
 BROKER_START_TIMEOUT = 20.0
+# read_topic: how long the reader must find nothing before the topic counts as read (ms).
+QUIET_MS = 300
 
 
 def _free_port() -> int:
@@ -112,15 +114,27 @@ def ws_url(gateway: Supervisor, path: str) -> str:
 def read_topic(client: pulsar.Client, topic: str, timeout_ms: int = 2000) -> list[dict[str, Any]]:
     """Every message in ``topic`` from the start, read with a Reader (acks nothing).
 
-    Stops when the reader reports no more messages available; blocking, so call it through
-    ``trio.to_thread.run_sync`` from async tests.
+    pulsar-lite quirks handled here: its "more available?" answer turns false inside the
+    last batched entry, so the read ends only after a short quiet period with nothing more
+    to read; and it may hand a reader the same entry twice, so message ids are de-duplicated
+    (a message the gateway published twice has a new id and would still count twice).
+    Blocking: call it through ``trio.to_thread.run_sync`` from async tests.
     """
     reader = client.create_reader(topic, pulsar.MessageId.earliest)
     messages = []
+    seen: set[tuple[int, int, int]] = set()
     try:
-        while reader.has_message_available():
-            msg = reader.read_next(timeout_ms)
-            messages.append(json.loads(msg.data()))
+        while True:
+            wait = timeout_ms if reader.has_message_available() else QUIET_MS
+            try:
+                msg = reader.read_next(wait)
+            except pulsar.Timeout:
+                break
+            mid = msg.message_id()
+            key = (mid.ledger_id(), mid.entry_id(), mid.batch_index())
+            if key not in seen:
+                seen.add(key)
+                messages.append(json.loads(msg.data()))
     finally:
         reader.close()
     return messages
