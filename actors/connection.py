@@ -141,6 +141,29 @@ class GatewayConnection(ServerConnection):
             return False
         return True
 
+    async def send_texts(self, payloads: list[bytes]) -> bool:
+        """Send UTF-8 ``payloads`` as text frames in one socket write.
+
+        ``send()`` writes each frame with its own ``send_all``; a burst of hundreds of small
+        frames then costs hundreds of syscalls and scheduler passes. This serialises them
+        all through the protocol and writes the bytes once, under the same lock.
+
+        Returns:
+            False if the connection is gone (nothing or not everything was written).
+        """
+        protocol = self.protocol
+        try:
+            async with self.send_lock:
+                if protocol.state is not OPEN:
+                    return False
+                for payload in payloads:
+                    protocol.send_text(payload)
+                chunks = protocol.data_to_send()
+                await self.stream.send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return False
+        return True
+
     async def close_after_drain(self, code: int | None, reason: str = "") -> None:
         """Finish the close handshake: answer a held close, or start one with ``code``.
 

@@ -109,6 +109,8 @@ class Subscriber:
             self._consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
         except Exception as exc:
             raise BrokerError(f"cannot subscribe to {route.topic}: {exc}") from exc
+        # The listener may have delivered a first burst before subscribe() returned.
+        self._pause_if_full()
 
     async def last_message_id(self) -> Any:
         """The id of the topic's last message now (for ``until=end``), or None if empty."""
@@ -132,8 +134,7 @@ class Subscriber:
 
     def _arrived(self, batch: list[Any]) -> None:
         machine, queue = self.machine, self.queue
-        consumer = self._consumer
-        if machine.is_final or consumer is None:
+        if machine.is_final:
             # The consumer is closed or closing: the broker redelivers these anyway.
             return
         machine.take(len(batch))
@@ -142,17 +143,23 @@ class Subscriber:
         for message in batch:
             if not running:
                 self._nack_undelivered(message, self._nacked_end)
-            elif len(queue) < self.max_queue or strategy == "block":
+            elif len(queue) < self.max_queue or strategy == "block" or self._consumer is None:
+                # (Until subscribe() has returned there is no consumer to nack with: the
+                # first burst is queued whole, and the pause it owes comes right after.)
                 queue.append(message)
             elif strategy == "drop_new":
                 self._nack_undelivered(message, self._nacked_dropped)
             else:  # drop_oldest
                 self._nack_undelivered(queue.popleft(), self._nacked_dropped)
                 queue.append(message)
-        if strategy == "block" and len(queue) >= self.max_queue and not self._paused:
-            self._paused = True
-            consumer.pause_message_listener()
+        self._pause_if_full()
         self._arrival.set()
+
+    def _pause_if_full(self) -> None:
+        if (self.route.backpressure == "block" and len(self.queue) >= self.max_queue
+                and not self._paused and self._consumer is not None):
+            self._paused = True
+            self._consumer.pause_message_listener()
 
     def _nack_undelivered(self, message: Any, counter: Any) -> None:
         assert self._consumer is not None
@@ -162,37 +169,42 @@ class Subscriber:
         if self.machine.draining.is_active:
             self._metrics.shutdown_drops.inc()
 
-    async def get(self) -> Any:
-        """Wait for the next queued message and take it out of the queue (FIFO)."""
-        while not self.queue:
+    async def get_batch(self, limit: int) -> list[Any]:
+        """Wait for queued messages and take up to ``limit`` of them out of the queue (FIFO)."""
+        queue = self.queue
+        while not queue:
             self._arrival = trio.Event()
             await self._arrival.wait()
-        message = self.queue.popleft()
-        if self._paused and len(self.queue) < self.max_queue and self.machine.running.is_active:
+        batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+        # Resume at a low-water mark, not at the first free slot: pausing and resuming the
+        # listener around a full queue on every message costs more than the messages.
+        if self._paused and len(queue) <= self.max_queue // 2 and self.machine.running.is_active:
             self._paused = False
-            assert self._consumer is not None
-            self._consumer.resume_message_listener()
-        return message
+            if self._consumer is not None:
+                self._consumer.resume_message_listener()
+        return batch
 
     async def wait_arrival(self) -> None:
         """Wait until the next batch of messages arrives from the consumer."""
         self._arrival = trio.Event()
         await self._arrival.wait()
 
-    def unget(self, message: Any) -> None:
-        """Put back a message taken with ``get`` that could not be delivered."""
-        self.queue.appendleft(message)
+    def unget(self, messages: list[Any]) -> None:
+        """Put back messages taken with ``get_batch`` that could not be delivered."""
+        self.queue.extendleft(reversed(messages))
 
-    def delivered(self) -> None:
-        """Count one message written to the socket (not yet acked)."""
-        self.machine.deliver()
+    def delivered(self, count: int) -> None:
+        """Count messages written to the socket (not yet acked)."""
+        self.machine.deliver(count)
 
-    def ack(self, message: Any) -> None:
-        """Acknowledge a delivered message in Pulsar (the machine refuses it otherwise)."""
+    def ack(self, messages: list[Any]) -> None:
+        """Acknowledge delivered messages in Pulsar (the machine refuses it otherwise)."""
         assert self._consumer is not None
-        self.machine.ack()
-        self._consumer.acknowledge(message)
-        self._acked.inc()
+        self.machine.ack(len(messages))
+        acknowledge = self._consumer.acknowledge
+        for message in messages:
+            acknowledge(message)
+        self._acked.inc(len(messages))
 
     def nack_delivered(self, message: Any) -> None:
         """Negatively acknowledge a delivered message the client never acked."""
