@@ -21,6 +21,7 @@ import trio
 
 from actors._bridge import Handoff
 from actors._observe import TransitionLog
+from actors._pulsar_fast import send_async
 from core.errors import BrokerError
 from machines.publisher import PublisherMachine
 
@@ -134,7 +135,7 @@ class Publisher:
         self.machine.accept()
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._producer.send_async(payload, functools.partial(self._sent, seq))
+        send_async(self._producer, payload, functools.partial(self._sent, seq))
 
     def _sent(self, seq: int, result: Any, _msg_id: Any) -> None:
         # On a pulsar-client thread: hand over and return at once.

@@ -27,6 +27,7 @@ import trio
 
 from actors._bridge import Handoff
 from actors._observe import TransitionLog
+from actors._pulsar_fast import acknowledge_async
 from core.errors import BrokerError
 from machines.subscriber import SubscriberMachine
 
@@ -76,6 +77,7 @@ class Subscriber:
         self._metrics = metrics
         self._consumer: pulsar.Consumer | None = None
         self._paused = False
+        self.ack_failures = 0
         self._arrival = trio.Event()
         self._handoff: Handoff[Any] = Handoff(self._arrived)
         kind = route.kind
@@ -198,13 +200,23 @@ class Subscriber:
         self.machine.deliver(count)
 
     def ack(self, messages: list[Any]) -> None:
-        """Acknowledge delivered messages in Pulsar (the machine refuses it otherwise)."""
-        assert self._consumer is not None
+        """Acknowledge delivered messages in Pulsar (the machine refuses it otherwise).
+
+        Acks are sent without waiting (the wrapper's ``acknowledge`` blocks the event loop
+        for a broker round trip); a failed ack only means the broker redelivers the message,
+        so failures are counted and logged, not retried.
+        """
+        consumer = self._consumer
+        assert consumer is not None
         self.machine.ack(len(messages))
-        acknowledge = self._consumer.acknowledge
         for message in messages:
-            acknowledge(message)
+            acknowledge_async(consumer, message, self._ack_result)
         self._acked.inc(len(messages))
+
+    def _ack_result(self, result: Any) -> None:
+        # On a pulsar-client thread: count only (an int increment under the GIL).
+        if result != pulsar.Result.Ok:
+            self.ack_failures += 1
 
     def nack_delivered(self, message: Any) -> None:
         """Negatively acknowledge a delivered message the client never acked."""
@@ -238,6 +250,9 @@ class Subscriber:
             else:
                 self.machine.abandon()
         consumer, self._consumer = self._consumer, None
+        if self.ack_failures:
+            LOGGER.warning("%d acks failed; the broker will redeliver those messages",
+                           self.ack_failures, extra={"topic": self.route.topic})
         if consumer is None:
             return
         close = consumer.close if self.named else consumer.unsubscribe
