@@ -44,6 +44,7 @@ from actors.exporter import ExportActor
 from actors.http import HttpFront
 from actors.importer import ImportActor
 from actors.metrics import Metrics
+from actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from core.config import LoadedSettings, Settings, load_settings, render_settings
 from core.errors import BrokerError, ConfigError, QuiesceError
 from machines import ALL_MACHINES
@@ -89,6 +90,8 @@ class Supervisor:
         self._force_requested = False
         self._drain_scope: trio.CancelScope | None = None
         self._all_closed = trio.Event()
+        # Set when connections outlived even the forced path (a bug): exit 1, not 0.
+        self.unclean = False
 
     def _publisher_depth(self) -> float:
         return float(sum(a.publisher.machine.unconfirmed for a in list(self.actors)
@@ -129,7 +132,7 @@ class Supervisor:
                                 extra={"url": self.url, "broker": broker.url})
                     task_status.started(self)
                     await self.shutdown_requested.wait()
-                    await self._drain(server)
+                    await self._drain(server, nursery)
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
@@ -194,7 +197,7 @@ class Supervisor:
             return ImportActor(ws, services)
         return ExportActor(ws, services)
 
-    async def _drain(self, server: Server) -> None:
+    async def _drain(self, server: Server, nursery: trio.Nursery) -> None:
         started = trio.current_time()
         self.machine.drain()
         self.metrics.draining.set(1)
@@ -215,13 +218,25 @@ class Supervisor:
             LOGGER.warning("forcing %d connections still draining", len(self.actors))
             for actor in list(self.actors):
                 actor.force_now()
-            with trio.move_on_after(self.settings.socket_grace_period + 1):
+            # Each forced actor's cleanup is bounded (socket grace, producer flush, consumer
+            # close); this bound only catches a bug.
+            with trio.move_on_after(self._forced_cleanup_bound()):
                 await self._all_closed.wait()
+            if self.actors:
+                LOGGER.critical("%d connections did not close after being forced; exiting",
+                                len(self.actors))
+                self.unclean = True
+                nursery.cancel_scope.cancel(reason="connections stuck after forcing")
+                return
         self.machine.finish()
         self.metrics.shutdown_seconds.observe(trio.current_time() - started)
         await server.aclose(close_connections=False)
         if self.settings.queue_stats_on_shutdown:
             self._log_queue_stats()
+
+    def _forced_cleanup_bound(self) -> float:
+        s = self.settings
+        return s.socket_grace_period + s.producer_flush_timeout + CONSUMER_CLOSE_TIMEOUT + 5
 
     def _log_queue_stats(self) -> None:
         m = self.metrics
@@ -263,7 +278,7 @@ async def run_process(settings: Settings) -> int:
             return EXIT_STARTUP
         nursery.cancel_scope.cancel()
     LOGGER.info("stopped")
-    return EXIT_OK
+    return EXIT_STARTUP if supervisor.unclean else EXIT_OK
 
 
 # ---------------------------------------------------------------- command line

@@ -214,7 +214,10 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
                          log_path=log_path, _process=process)
         finally:
             with trio.move_on_after(CLIENT_CLOSE_TIMEOUT, shield=True):
-                await trio.to_thread.run_sync(client.close, abandon_on_cancel=True)
+                try:
+                    await trio.to_thread.run_sync(client.close, abandon_on_cancel=True)
+                except Exception as exc:  # AlreadyClosed after a failure, a broker gone…
+                    LOGGER.warning("closing the pulsar client failed: %s", exc)
     finally:
         if process is not None:
             await _stop_process(process)

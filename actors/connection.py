@@ -171,6 +171,7 @@ class GatewayConnection(ServerConnection):
         """
         protocol = self.protocol
         assert isinstance(protocol, HeldCloseProtocol)
+        self.stop_flow_control()
         if protocol.state is not OPEN:
             await self.wait_closed_briefly()
             return
@@ -188,8 +189,22 @@ class GatewayConnection(ServerConnection):
         if self.protocol.state is not State.CLOSED or not self.stream_closed.is_set():
             await self.close_stream()
 
+    def stop_flow_control(self) -> None:
+        """Let the reader task read the socket again, whatever is left unread.
+
+        Once the actor stops reading messages, websockets' reader pauses when its buffer is
+        full and no longer watches the socket: it would miss the client's close frame and
+        even the socket's closing, and the connection handler would never return. Nothing
+        will read those messages any more (they were never numbered, so never receipted),
+        and the close is bounded by the grace period, so the buffer may grow until then.
+        """
+        self.recv_messages.high = self.recv_messages.low = None
+        if self.recv_flow_control is not None:
+            self.resume_reading()
+
     async def abort(self) -> None:
         """Drop the TCP connection without a close handshake (the forced path)."""
+        self.stop_flow_control()
         await trio.aclose_forcefully(self.stream)
 
 

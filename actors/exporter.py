@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 from typing import Any
 
 import trio
@@ -62,6 +63,24 @@ class ExportActor(ConnectionActor):
         self._exported = self.metrics.exported.labels(route.kind)
         self._end_id: Any = None          # until=end: the last message id at connect time
         self._reached_end = False
+        self._write_scope: trio.CancelScope | None = None
+        self._write_deadline = math.inf
+
+    def _bound_writes(self, seconds: float) -> None:
+        """Give the socket write in progress (and any later one) ``seconds`` to finish."""
+        self._write_deadline = min(self._write_deadline, trio.current_time() + seconds)
+        if self._write_scope is not None:
+            self._write_scope.deadline = self._write_deadline
+
+    def request_drain(self, deadline: float) -> None:
+        """Drain for the server; a write in progress gets the grace period to finish."""
+        self._bound_writes(self.settings.socket_grace_period)
+        super().request_drain(deadline)
+
+    def force_now(self) -> None:
+        """Stop at once, a write in progress included."""
+        self._bound_writes(0)
+        super().force_now()
 
     async def run(self) -> None:
         """Serve the connection until its socket is closed (see the module docstring)."""
@@ -122,8 +141,17 @@ class ExportActor(ConnectionActor):
                 first = self.sent + 1
                 payloads = [b'{"seq":%d,"message":%s}' % (first + i, p)
                             for i, p in enumerate(payloads)]
-            if not await ws.send_texts(payloads):
-                subscriber.unget(messages)  # never written: nacked by the drain
+            # The write is shielded: a drain that cancelled it halfway would leave a half
+            # frame on the wire and these messages neither delivered nor undelivered. Once
+            # something asks the writer to stop, the write gets a deadline (_bound_writes).
+            with trio.CancelScope(shield=True, deadline=self._write_deadline) as scope:
+                self._write_scope = scope
+                written = await ws.send_texts(payloads)
+            self._write_scope = None
+            if scope.cancelled_caught:
+                await ws.abort()  # a half-written frame: the stream is unusable
+            if not written or scope.cancelled_caught:
+                subscriber.unget(messages)  # not known to be written: nacked by the drain
                 return None
             count = len(messages)
             subscriber.delivered(count)
@@ -165,6 +193,7 @@ class ExportActor(ConnectionActor):
             frame = await ws.receive_frame()
             if frame is None:
                 # The client closed (its close frame is held) or the socket is gone.
+                self._bound_writes(self.settings.socket_grace_period)
                 self.intake_scope.cancel(reason="client closed")
                 return
             try:

@@ -98,6 +98,7 @@ class ImportActor(ConnectionActor):
             if not self.ws.is_open:
                 machine.peer_lost()
             await self.close_socket(machine, started, self.error_code)
+            await self.publisher.aclose()
         if self.run_scope.cancelled_caught:
             await self._forced()
 
@@ -106,7 +107,6 @@ class ImportActor(ConnectionActor):
         machine = self.machine
         if self.publisher.machine.running.is_active or self.publisher.machine.draining.is_active:
             self.publisher.machine.abandon()
-        await self.publisher.aclose()
         if machine.running.is_active:
             machine.drain()
         if machine.draining.is_active:
@@ -118,6 +118,7 @@ class ImportActor(ConnectionActor):
             await self.ws.abort()
         if machine.closing.is_active:
             machine.finish()
+        await self.publisher.aclose()
 
     async def _read_frames(self) -> None:
         ws, publisher, machine = self.ws, self.publisher, self.machine
@@ -154,6 +155,7 @@ class ImportActor(ConnectionActor):
         self._rejected[code].inc()
         self._errors.append({"error": {"seq": seq, "code": code, "detail": detail}})
         self._settle(seq)
+        self._dirty.set()  # the error frame goes out now, even if the watermark waits
 
     def _settled(self, seq: int, failure: str | None) -> None:
         if failure is None:

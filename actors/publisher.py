@@ -163,7 +163,11 @@ class Publisher:
             self._idle.set()
 
     async def drain(self, deadline: float) -> bool:
-        """Stop intake, wait for every confirmation until ``deadline``, close the producer.
+        """Stop intake and wait for every confirmation until ``deadline``.
+
+        The producer stays open: the caller answers its client first (the receipts and the
+        close do not wait for a producer close that a stuck broker can stretch to
+        ``producer_flush_timeout``), then calls ``aclose``.
 
         Returns:
             True if every frame was confirmed (``stopped``); False if the deadline passed
@@ -180,7 +184,6 @@ class Publisher:
                 self.machine.unconfirmed
             )
             self.machine.abandon()
-        await self.aclose()
         return bool(self.machine.stopped.is_active)
 
     async def aclose(self) -> None:

@@ -27,4 +27,4 @@ class Lifecycle(StateChart):  # type: ignore[misc]  # the library's metaclass is
     @property
     def is_final(self) -> bool:
         """True once a final state has been entered."""
-        return bool(self.current_state.final)
+        return any(state.final for state in self.configuration)

@@ -73,6 +73,8 @@ class SubscriberMachine(Lifecycle):
         """
         if self.is_final:
             raise RuntimeError(f"subscriber is {self.state}: intake closed")
+        if count < 0:
+            raise ValueError(f"cannot take {count} messages")
         self.taken += count
 
     def deliver(self, count: int = 1) -> None:
