@@ -168,3 +168,49 @@ def test_config_shows_a_flag_value_and_its_source(tmp_path: Path) -> None:
     port_lines = [line for line in result.stdout.splitlines() if line.startswith("port ")]
     assert len(port_lines) == 1, result.stdout
     assert re.fullmatch(r"port = 9999\s+# flag --port", port_lines[0]), port_lines[0]
+
+
+def test_json_logs_have_one_structured_line_per_lifecycle_transition(
+    tmp_path: Path, broker_url: str
+) -> None:
+    """With --log-format json every line is JSON, and each transition names machine and states."""
+    import json
+
+    from websockets.sync.client import connect
+
+    running = Running(["serve", "--port", "0", "--pulsar-url", broker_url,
+                       "--log-format", "json"], tmp_path)
+    try:
+        match = running.wait_for_line(r"ready on http://127\.0\.0\.1:(\d+)", READY_TIMEOUT)
+        port = int(match.group(1))
+        with connect(f"ws://127.0.0.1:{port}/api/v1/flow/logs/import/triples?receipts=true",
+                     open_timeout=10, close_timeout=10) as ws:
+            ws.send('{"not": "a triples message"}')
+            assert json.loads(ws.recv(timeout=10))["error"]["seq"] == 1
+        running.process.send_signal(signal.SIGTERM)
+        running.wait_for_line(r"draining -> stopped", EXIT_TIMEOUT)
+        assert running.process.wait(timeout=EXIT_TIMEOUT) == 0
+    finally:
+        running.kill()
+    running._thread.join(timeout=EXIT_TIMEOUT)
+    while not running._queue.empty():
+        line = running._queue.get()
+        if line is not None:
+            running.lines.append(line)
+    records = [json.loads(line) for line in running.lines if line.startswith("{")]
+    assert len(records) == len([line for line in running.lines if line.strip()]), running.lines
+    transitions = {(r["machine"], r["source"], r["target"], r["event"])
+                   for r in records if "machine" in r}
+    for expected in [
+        ("supervisor", "starting", "serving", "ready"),
+        ("supervisor", "serving", "draining", "drain"),
+        ("supervisor", "draining", "stopped", "finish"),
+        ("connection", "handshake", "running", "open"),
+        ("connection", "running", "draining", "drain"),
+        ("connection", "draining", "closing", "close"),
+        ("connection", "closing", "closed", "finish"),
+        ("publisher", "running", "draining", "drain"),
+        ("publisher", "draining", "stopped", "stop"),
+    ]:
+        assert expected in transitions, (expected, transitions)
+    assert all(r["actor"] for r in records if "machine" in r)
