@@ -79,12 +79,17 @@ def _binary() -> str:
         raise BrokerError(f"embedded broker: pulsar-lite binary not found ({exc})") from exc
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def _tail(path: Path, lines: int = 3) -> str:
+    """The broker log's last lines that say something: its error, not its stack backtrace."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return " | ".join(text[-lines:])
+    errors = [line.strip() for line in text if line.startswith("Error") or " ERROR " in line]
+    if errors:
+        return errors[-1]
+    meaningful = [line.strip() for line in text if line.strip() and not line.startswith(" ")]
+    return " | ".join(meaningful[-lines:])
 
 
 async def _wait_for_port(host: str, port: int, limit: float, process: trio.Process | None,
@@ -93,9 +98,12 @@ async def _wait_for_port(host: str, port: int, limit: float, process: trio.Proce
         while True:
             if process is not None and process.poll() is not None:
                 tail = _tail(log_path) if log_path else ""
+                hint = ""
+                if "LOCK" in tail:
+                    hint = " (is another quiesce using this --data-dir?)"
                 raise BrokerError(
                     f"embedded broker exited with code {process.returncode} before accepting "
-                    f"connections: {tail or 'no log output'}"
+                    f"connections: {tail or 'no log output'}{hint}"
                 )
             try:
                 stream = await trio.open_tcp_stream(host, port)

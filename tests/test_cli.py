@@ -214,3 +214,21 @@ def test_json_logs_have_one_structured_line_per_lifecycle_transition(
     ]:
         assert expected in transitions, (expected, transitions)
     assert all(r["actor"] for r in records if "machine" in r)
+
+
+def test_an_embedded_broker_that_cannot_start_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """A second gateway on a busy --data-dir exits 1 naming the broker's own error (the lock)."""
+    data = tmp_path / "data"
+    first = Running(["serve", "--port", "0", "--data-dir", str(data)], tmp_path)
+    try:
+        first.wait_for_line(r"ready on http://127\.0\.0\.1:(\d+)", READY_TIMEOUT)
+        result = run_to_exit(["serve", "--port", "0", "--data-dir", str(data)], tmp_path,
+                             READY_TIMEOUT)
+        assert result.returncode == 1, result.stderr
+        assert "quiesce: error: embedded broker exited" in result.stderr
+        assert "LOCK" in result.stderr and "--data-dir" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=EXIT_TIMEOUT) == 0
+        first.kill()
