@@ -36,6 +36,8 @@ import math
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
+
 from core.errors import InvalidMessage
 
 __all__ = ["KINDS", "sample_message", "validate", "validate_object"]
@@ -44,6 +46,14 @@ KINDS: tuple[str, ...] = ("triples", "graph-embeddings", "document-embeddings", 
 
 _loads = json.loads
 _JSONDecodeError = json.JSONDecodeError
+# orjson parses a 1.2 KB frame in ~60 % of the stdlib's time, on the import hot path. It is
+# stricter than the stdlib (no NaN, no lone surrogates…), so anything it refuses is parsed
+# again by the stdlib, which then gives the stdlib's value or the error message users see.
+# One difference remains on success: an integer past 64 bits comes back as a float. Both are
+# numbers to the validator, and what is published is the frame's own text, so the outcome of
+# an import never changes.
+_fast_loads = orjson.loads
+_FastDecodeError = orjson.JSONDecodeError
 _NUMBER_TYPES = frozenset((int, float))
 
 
@@ -352,7 +362,21 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        obj = _loads(text)
+        obj = _fast_loads(text)
+    except _FastDecodeError:
+        obj = _parse_slowly(text)
+    if type(obj) is dict and fast(obj):
+        return obj
+    problem = _diagnose(kind, obj)
+    if problem is not None:
+        raise InvalidMessage(problem)
+    return cast("dict[str, Any]", obj)
+
+
+def _parse_slowly(text: str) -> Any:
+    """The stdlib's parse, with its error turned into an ``InvalidMessage``."""
+    try:
+        return _loads(text)
     except _JSONDecodeError as exc:
         raise InvalidMessage(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -361,12 +385,6 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
         raise InvalidMessage(f"not JSON: {exc}") from None
     except RecursionError:
         raise InvalidMessage("not JSON: nested too deeply") from None
-    if type(obj) is dict and fast(obj):
-        return obj
-    problem = _diagnose(kind, obj)
-    if problem is not None:
-        raise InvalidMessage(problem)
-    return cast("dict[str, Any]", obj)
 
 
 # --------------------------------------------------------------------------------------------
