@@ -63,6 +63,7 @@ class ExportActor(ConnectionActor):
         self._exported = self.metrics.exported.labels(route.kind)
         self._end_id: Any = None          # until=end: the last message id at connect time
         self._reached_end = False
+        self._end_seen = False            # until=end: a message of the end entry was delivered
         self._write_scope: trio.CancelScope | None = None
         self._write_deadline = math.inf
 
@@ -162,8 +163,10 @@ class ExportActor(ConnectionActor):
             else:
                 subscriber.ack(messages)
             self.sent += count
-            last = messages[-1]
-            if end is not None and _position(last.message_id()) >= end and self._past_end(last):
+            if end is not None and not self._end_seen:
+                # Seen the end entry (delivery order may differ from topic order: redeliveries).
+                self._end_seen = any(_position(m.message_id()) >= end for m in messages)
+            if self._end_seen and self._backlog_delivered():
                 # The rest of a batched entry may still be on its way from the listener
                 # thread (the broker's last id names the entry, not its last message): give
                 # it END_QUIET_PERIOD to show up before calling the backlog delivered.
@@ -178,14 +181,16 @@ class ExportActor(ConnectionActor):
                 self._reached_end = True
                 return None
 
-    def _past_end(self, message: Any) -> bool:
-        # Positions compare as (ledger, entry): a batched entry holds several messages, and
-        # the broker's last id names the entry (batch index -1), not its last message.
+    def _backlog_delivered(self) -> bool:
+        # Called once the end entry was delivered. Positions compare as (ledger, entry): a
+        # batched entry holds several messages, and the broker's last id names the entry
+        # (batch index -1), not its last message. The backlog is delivered once nothing of it
+        # is still queued, nor dropped by backpressure and waiting for its redelivery.
         end = self._end_id
-        if _position(message.message_id()) < end:
-            return False
-        # The end entry is delivered once none of it (or older) is still queued.
-        return not any(_position(m.message_id()) <= end for m in self.subscriber.queue)
+        subscriber = self.subscriber
+        return not any(_position(m.message_id()) <= end for m in subscriber.queue) and not any(
+            key[:2] <= end for key in subscriber.owed
+        )
 
     async def _read_client(self) -> None:
         ws = self.ws

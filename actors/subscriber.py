@@ -78,6 +78,9 @@ class Subscriber:
         self._consumer: pulsar.Consumer | None = None
         self._paused = False
         self.ack_failures = 0
+        # Ids of messages nacked by backpressure and not yet seen again: until=end must wait
+        # for their redelivery before it may call the backlog delivered.
+        self.owed: set[tuple[int, int, int, int]] = set()
         self._arrival = trio.Event()
         self._handoff: Handoff[Any] = Handoff(self._arrived)
         kind = route.kind
@@ -142,7 +145,10 @@ class Subscriber:
         machine.take(len(batch))
         strategy = self.route.backpressure
         running = machine.running.is_active
+        owed = self.owed
         for message in batch:
+            if owed:
+                owed.discard(message_key(message))
             if not running:
                 self._nack_undelivered(message, self._nacked_end)
             elif len(queue) < self.max_queue or strategy == "block" or self._consumer is None:
@@ -151,8 +157,11 @@ class Subscriber:
                 queue.append(message)
             elif strategy == "drop_new":
                 self._nack_undelivered(message, self._nacked_dropped)
+                owed.add(message_key(message))
             else:  # drop_oldest
-                self._nack_undelivered(queue.popleft(), self._nacked_dropped)
+                oldest = queue.popleft()
+                self._nack_undelivered(oldest, self._nacked_dropped)
+                owed.add(message_key(oldest))
                 queue.append(message)
         self._pause_if_full()
         self._arrival.set()
@@ -264,3 +273,9 @@ class Subscriber:
                                extra={"topic": self.route.topic})
                 if not self.named:
                     await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
+
+
+def message_key(message: Any) -> tuple[int, int, int, int]:
+    """A message's full id as a hashable tuple (ledger, entry, batch index, partition)."""
+    mid = message.message_id()
+    return (mid.ledger_id(), mid.entry_id(), mid.batch_index(), mid.partition())
