@@ -79,6 +79,7 @@ class Settings:
     publisher_drain_timeout: float = 5.0
     producer_flush_timeout: float = 5.0
     producer_batching: bool = True
+    producer_batch_delay_ms: int = 10
     subscriber_max_queue_size: int = 100
     subscriber_drain_timeout: float = 5.0
     default_backpressure: str = "block"
@@ -218,6 +219,7 @@ _RULES: dict[str, _Rule] = {
     "publisher_drain_timeout": _float_rule(0, strict=True),
     "producer_flush_timeout": _float_rule(0, strict=True),
     "producer_batching": _BOOL,
+    "producer_batch_delay_ms": _int_rule(0, 10_000),
     "subscriber_max_queue_size": _int_rule(1),
     "subscriber_drain_timeout": _float_rule(0, strict=True),
     "default_backpressure": _choice_rule(BACKPRESSURE),
