@@ -64,6 +64,7 @@ class ExportActor(ConnectionActor):
         self._end_id: Any = None          # until=end: the last message id at connect time
         self._reached_end = False
         self._end_seen = False            # until=end: a message of the end entry was delivered
+        self.error_code: int | None = None  # 1011 when the broker failed the export
         self._write_scope: trio.CancelScope | None = None
         self._write_deadline = math.inf
 
@@ -87,7 +88,6 @@ class ExportActor(ConnectionActor):
         """Serve the connection until its socket is closed (see the module docstring)."""
         machine = self.machine
         machine.open()
-        error_code: int | None = None
         with self.run_scope:
             try:
                 await self.subscriber.open()
@@ -98,15 +98,16 @@ class ExportActor(ConnectionActor):
                 LOGGER.error("export cannot start: %s", exc, extra=self.log_fields)
                 await self.ws.send_json({"error": {"code": "broker-unavailable",
                                                    "detail": str(exc)}})
-                error_code = 1011
+                self.error_code = 1011
             async with trio.open_nursery() as nursery:
-                if error_code is None:
+                if self.error_code is None:
                     nursery.start_soon(self._read_client)
+                    nursery.start_soon(self._receive)
                     with self.intake_scope:
                         if self._end_id is None and self.route.until_end:
                             self._reached_end = True
                         else:
-                            error_code = await self._deliver()
+                            await self._deliver()
                 started = trio.current_time()
                 machine.drain()
                 await self._drain()
@@ -115,12 +116,12 @@ class ExportActor(ConnectionActor):
                 machine.peer_lost()
             if self._reached_end and self.ws.is_open:
                 await self.ws.send_json({"end": True})
-            await self.close_socket(machine, started, error_code)
+            await self.close_socket(machine, started, self.error_code)
         if self.run_scope.cancelled_caught:
             await self._forced()
 
-    async def _deliver(self) -> int | None:
-        """The writer loop; returns a close code for an abnormal end, or None.
+    async def _deliver(self) -> None:
+        """The writer loop: returns at the end of the backlog (until=end) or a lost socket.
 
         Each turn writes every queued message (up to the window's room) in one socket
         write: one syscall and one scheduler pass per burst instead of per message.
@@ -153,7 +154,7 @@ class ExportActor(ConnectionActor):
                 await ws.abort()  # a half-written frame: the stream is unusable
             if not written or scope.cancelled_caught:
                 subscriber.unget(messages)  # not known to be written: nacked by the drain
-                return None
+                return
             count = len(messages)
             subscriber.delivered(count)
             self._exported.inc(count)
@@ -167,7 +168,7 @@ class ExportActor(ConnectionActor):
                 # Seen the end entry (delivery order may differ from topic order: redeliveries).
                 self._end_seen = any(_position(m.message_id()) >= end for m in messages)
             if self._end_seen and self._backlog_delivered():
-                # The rest of a batched entry may still be on its way from the listener
+                # The rest of a batched entry may still be on its way from the receiving
                 # thread (the broker's last id names the entry, not its last message): give
                 # it END_QUIET_PERIOD to show up before calling the backlog delivered.
                 with trio.move_on_after(END_QUIET_PERIOD):
@@ -179,7 +180,7 @@ class ExportActor(ConnectionActor):
                     self._acked = trio.Event()
                     await self._acked.wait()
                 self._reached_end = True
-                return None
+                return
 
     def _backlog_delivered(self) -> bool:
         # Called once the end entry was delivered. Positions compare as (ledger, entry): a
@@ -231,9 +232,18 @@ class ExportActor(ConnectionActor):
         self.client_acked = n
         self._acked.set()
 
+    async def _receive(self) -> None:
+        try:
+            await self.subscriber.serve_receiving()
+        except BrokerError as exc:
+            LOGGER.error("export stopped: %s", exc, extra=self.log_fields)
+            self.error_code = 1011
+            self.intake_scope.cancel(reason="broker error")
+
     async def _drain(self) -> None:
         subscriber = self.subscriber
         subscriber.pause()
+        await subscriber.stop_receiving()
         subscriber.settle_remaining()
         if (self.client_mode and self.inflight and self.server_draining
                 and self.ws.is_open and not self.ws.client_closed.is_set()):
@@ -252,6 +262,7 @@ class ExportActor(ConnectionActor):
         subscriber, machine = self.subscriber, self.machine
         if not subscriber.machine.is_final:
             subscriber.pause()
+            await subscriber.stop_receiving()
             subscriber.settle_remaining()
             while self.inflight:
                 subscriber.nack_delivered(self.inflight.popleft()[1])
