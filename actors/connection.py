@@ -291,12 +291,31 @@ class ConnectionActor:
             machine.force()
             code = 1011
             self.metrics.forced_shutdowns.labels(self.direction).inc()
+        await self._close_handshake(machine, code, "drain incomplete" if code == 1011 else "")
+        self.metrics.drain_seconds.labels(self.direction).observe(trio.current_time() - started)
+
+    async def close_forced(self, machine: ConnectionMachine) -> None:
+        """Close with 1011 after the supervisor's deadline cut ``run`` short, wherever it was.
+
+        The worker's own cleanup (nack, abandon) is the subclass's; this takes the forced edge
+        if it was not taken yet, and closes the socket.
+        """
+        if machine.running.is_active:
+            machine.drain()
+        if machine.draining.is_active:
+            machine.force()
+            self.metrics.forced_shutdowns.labels(self.direction).inc()
+        await self._close_handshake(machine, 1011, "shutdown deadline")
+
+    async def _close_handshake(self, machine: ConnectionMachine, code: int | None,
+                               reason: str) -> None:
+        # Shielded, with its own bound: it runs on every way out, cancellation included.
         with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
-            await self.ws.close_after_drain(code, "drain incomplete" if code == 1011 else "")
+            await self.ws.close_after_drain(code, reason)
         if scope.cancelled_caught:
             await self.ws.abort()
-        machine.finish()
-        self.metrics.drain_seconds.labels(self.direction).observe(trio.current_time() - started)
+        if machine.closing.is_active:
+            machine.finish()
 
 
 def _text_frame(payload: bytes) -> bytes:

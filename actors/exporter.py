@@ -117,6 +117,7 @@ class ExportActor(ConnectionActor):
             if self._reached_end and self.ws.is_open:
                 await self.ws.send_json({"end": True})
             await self.close_socket(machine, started, self.error_code)
+            await self.subscriber.aclose()
         if self.run_scope.cancelled_caught:
             await self._forced()
 
@@ -255,29 +256,21 @@ class ExportActor(ConnectionActor):
         while self.inflight:
             subscriber.nack_delivered(self.inflight.popleft()[1])
         subscriber.settle_remaining()  # messages that arrived while we waited
-        await subscriber.aclose(graceful=True)
+        subscriber.finish(graceful=True)
 
     async def _forced(self) -> None:
         # The supervisor's deadline cut the run short: nack what we hold, close with 1011.
-        subscriber, machine = self.subscriber, self.machine
+        subscriber = self.subscriber
         if not subscriber.machine.is_final:
             subscriber.pause()
             await subscriber.stop_receiving()
             subscriber.settle_remaining()
             while self.inflight:
                 subscriber.nack_delivered(self.inflight.popleft()[1])
-            await subscriber.aclose(graceful=False)
-        if machine.running.is_active:
-            machine.drain()
-        if machine.draining.is_active:
-            machine.force()
-            self.metrics.forced_shutdowns.labels(self.direction).inc()
-        with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
-            await self.ws.close_after_drain(1011, "shutdown deadline")
-        if scope.cancelled_caught:
-            await self.ws.abort()
-        if machine.closing.is_active:
-            machine.finish()
+        # The socket first: closing the consumer is a broker round trip a stuck broker can
+        # stretch to its timeout, and the client should not wait for it.
+        await self.close_forced(self.machine)
+        await subscriber.aclose()
 
 
 

@@ -104,20 +104,9 @@ class ImportActor(ConnectionActor):
 
     async def _forced(self) -> None:
         # The supervisor's deadline cut the run short, wherever it was.
-        machine = self.machine
-        if self.publisher.machine.running.is_active or self.publisher.machine.draining.is_active:
+        if not self.publisher.machine.is_final:
             self.publisher.machine.abandon()
-        if machine.running.is_active:
-            machine.drain()
-        if machine.draining.is_active:
-            machine.force()
-            self.metrics.forced_shutdowns.labels(self.direction).inc()
-        with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
-            await self.ws.close_after_drain(1011, "shutdown deadline")
-        if scope.cancelled_caught:
-            await self.ws.abort()
-        if machine.closing.is_active:
-            machine.finish()
+        await self.close_forced(self.machine)
         await self.publisher.aclose()
 
     async def _read_frames(self) -> None:

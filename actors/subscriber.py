@@ -281,8 +281,12 @@ class Subscriber:
         while self.queue:
             self._nack_undelivered(self.queue.popleft(), self._nacked_end)
 
-    async def aclose(self, graceful: bool) -> None:
-        """End the subscriber: ``stop`` if everything was settled, else ``abandon``; close."""
+    def finish(self, graceful: bool) -> None:
+        """End the lifecycle: ``stop`` if graceful and everything was settled, else ``abandon``.
+
+        Later arrivals are discarded (the consumer's close makes the broker redeliver them).
+        Call ``aclose`` next to close the consumer.
+        """
         if self.machine.running.is_active:
             self.machine.drain()
         if not self.machine.is_final:
@@ -290,6 +294,10 @@ class Subscriber:
                 self.machine.stop()
             else:
                 self.machine.abandon()
+
+    async def aclose(self) -> None:
+        """Close the consumer (a fresh per-connection subscription is deleted instead)."""
+        self.finish(graceful=False)  # no-op after finish(); the forced path otherwise
         consumer, self._consumer = self._consumer, None
         if self.ack_failures:
             LOGGER.warning("%d acks failed; the broker will redeliver those messages",
