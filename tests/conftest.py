@@ -8,6 +8,7 @@ unique flow name), so tests never see each other's messages.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -28,6 +29,8 @@ from supervisor import Supervisor
 BROKER_START_TIMEOUT = 20.0
 # read_topic: how long the reader must find nothing before the topic counts as read (ms).
 QUIET_MS = 300
+# http_get: bound of one plain HTTP request on loopback.
+HTTP_TIMEOUT = 10.0
 
 
 def _free_port() -> int:
@@ -36,38 +39,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a pulsar-lite broker shared by the session (real broker, loopback only)."""
+def start_pulsar_lite(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a real pulsar-lite broker on a free loopback port, its data and log in ``data``.
+
+    The same wheel the embedded default uses, with its metrics endpoint off. Returns the
+    process (the caller terminates it) and its ``pulsar://`` URL once it accepts connections.
+    """
     from pulsar_lite.binary_finder import find_pulsar_lite_binary
 
-    data = tmp_path_factory.mktemp("broker")
     config = data / "pulsar-lite.toml"
     config.write_text("max_message_size_bytes = 8388608\n[metrics]\nenabled = false\n")
     port = _free_port()
-    log = (data / "broker.log").open("wb")
-    process = subprocess.Popen(
-        [find_pulsar_lite_binary(), "--config", str(config), "--addr", f"127.0.0.1:{port}",
-         "--db-path", str(data / "db"), "--log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    with (data / "broker.log").open("wb") as log:
+        process = subprocess.Popen(
+            [find_pulsar_lite_binary(), "--config", str(config), "--addr", f"127.0.0.1:{port}",
+             "--db-path", str(data / "db"), "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + BROKER_START_TIMEOUT
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return process, f"pulsar://127.0.0.1:{port}"
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
+                stop_process(process)
                 log_text = (data / "broker.log").read_text()
                 raise RuntimeError(f"pulsar-lite did not start: {log_text}") from None
             time.sleep(0.05)  # polling a starting process's port; nothing to wait on instead
-    yield f"pulsar://127.0.0.1:{port}"
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process``, killing it if it has not exited after 10 s."""
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-    log.close()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a pulsar-lite broker shared by the session (real broker, loopback only)."""
+    process, url = start_pulsar_lite(tmp_path_factory.mktemp("broker"))
+    yield url
+    stop_process(process)
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +155,22 @@ def read_topic(client: pulsar.Client, topic: str, timeout_ms: int = 2000) -> lis
     finally:
         reader.close()
     return messages
+
+
+async def http_get(port: int, path: str, headers: dict[str, str] | None = None
+                   ) -> tuple[int, str]:
+    """GET ``path`` over a plain TCP connection on loopback; returns (status, body)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    with trio.fail_after(HTTP_TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+            await stream.send_all(request.encode())
+            data = bytearray()
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode()
+    match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", status_line)
+    assert match, status_line
+    return int(match.group(1)), body.decode()

@@ -8,7 +8,6 @@ open; without a secret nothing is asked. Waits are on messages, bounded by ``tri
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
@@ -21,7 +20,7 @@ from websockets.trio.client import connect
 from core.config import Settings
 from core.wire import sample_message
 from supervisor import Supervisor
-from tests.conftest import read_topic, start_gateway, ws_url
+from tests.conftest import http_get, read_topic, start_gateway, ws_url
 
 SECRET = "s3cret"
 SHORT = 10.0
@@ -48,24 +47,6 @@ def with_query(path: str, query: str) -> str:
         return path
     return f"{path}{'&' if '?' in path else '?'}{query}"
 
-
-async def http_get(port: int, path: str, headers: dict[str, str] | None = None
-                   ) -> tuple[int, str]:
-    """GET ``path`` over a plain TCP connection; returns (status, body)."""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    with trio.fail_after(SHORT):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
-            await stream.send_all(request.encode())
-            data = bytearray()
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode()
-    match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", status_line)
-    assert match, status_line
-    return int(match.group(1)), body.decode()
 
 
 async def import_some(gateway: Supervisor, flow: str, credential: tuple[str, dict[str, str]],

@@ -26,7 +26,7 @@ from websockets.trio.client import ClientConnection, connect
 
 from core.wire import KINDS, sample_message
 from supervisor import Supervisor
-from tests.conftest import start_gateway, ws_url
+from tests.conftest import http_get, start_gateway, ws_url
 
 # Bounds of the waits (generous: they only matter when something is wrong).
 SHORT = 10.0
@@ -166,22 +166,6 @@ def exported_count(gateway: Supervisor, kind: str) -> float:
         "messages_exported_total", {"kind": kind})
     return value or 0.0
 
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """GET ``path`` over a plain TCP connection; returns (status, body)."""
-    with trio.fail_after(SHORT):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            await stream.send_all(request.encode())
-            data = bytearray()
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode()
-    match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", status_line)
-    assert match, status_line
-    return int(match.group(1)), body.decode()
 
 
 async def scraped(port: int, name: str, labels: dict[str, str]) -> float:

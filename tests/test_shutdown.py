@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +32,14 @@ from websockets.trio.client import ClientConnection, connect
 
 from core.config import Settings
 from core.wire import sample_message
-from tests.conftest import BROKER_START_TIMEOUT, read_topic, start_gateway, ws_url
+from tests.conftest import (
+    http_get,
+    read_topic,
+    start_gateway,
+    start_pulsar_lite,
+    stop_process,
+    ws_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds of the waits (generous: they only matter when something is wrong).
@@ -82,24 +88,6 @@ def publish(client: pulsar.Client, topic: str, messages: list[dict[str, Any]]) -
     assert len(results) == len(messages)
     assert all(r == pulsar.Result.Ok for r in results), results
 
-
-async def http_get(port: int, path: str, headers: dict[str, str] | None = None
-                   ) -> tuple[int, str]:
-    """GET ``path`` over a plain TCP connection; returns (status, body)."""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    with trio.fail_after(SHORT):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
-            await stream.send_all(request.encode())
-            data = bytearray()
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].decode()
-    match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .*", status_line)
-    assert match, status_line
-    return int(match.group(1)), body.decode()
 
 
 # ---------------------------------------------------------------- the gateway as a process
@@ -253,42 +241,16 @@ class OwnBroker:
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    """A dedicated pulsar-lite broker (the session fixture's start-up logic); thawed and
-    stopped at the end whatever happened."""
-    from pulsar_lite.binary_finder import find_pulsar_lite_binary
-
+    """A dedicated pulsar-lite broker; thawed and stopped at the end whatever happened."""
     data = tmp_path / "own-broker"
     data.mkdir()
-    config = data / "pulsar-lite.toml"
-    config.write_text("max_message_size_bytes = 8388608\n[metrics]\nenabled = false\n")
-    port = _free_port()
-    with (data / "broker.log").open("wb") as log:
-        process = subprocess.Popen(
-            [find_pulsar_lite_binary(), "--config", str(config), "--addr", f"127.0.0.1:{port}",
-             "--db-path", str(data / "db"), "--log-level", "warn"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    broker = OwnBroker(f"pulsar://127.0.0.1:{port}", process)
+    process, url = start_pulsar_lite(data)
+    broker = OwnBroker(url, process)
     try:
-        deadline = time.monotonic() + BROKER_START_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pulsar-lite did not start: "
-                                       + (data / "broker.log").read_text()) from None
-                time.sleep(0.05)  # polling a starting process's port; nothing to wait on
         yield broker
     finally:
         broker.thaw()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 # ---------------------------------------------------------------- clients
