@@ -4,7 +4,7 @@ Receiving. ``serve_receiving`` runs in the export actor's nursery and takes mess
 consumer a burst at a time: ``batch_receive`` (up to ``RECEIVE_BATCH`` messages, or what
 arrived within ``RECEIVE_BATCH_MS``) in a worker thread, one thread hop per burst. When a
 burst comes back empty it waits for the next message with a blocking ``receive`` of
-``IDLE_RECEIVE_MS``, so an idle connection costs a few wake-ups a second, not fifty.
+``IDLE_RECEIVE_MS``, so an idle connection costs ten wake-ups a second, not a hundred.
 
 Why not a ``message_listener``: it calls Python on pulsar-client's listener thread once per
 message, and that thread then competes with the Trio thread for the GIL on every message.
@@ -57,7 +57,7 @@ RECEIVE_BATCH = 256
 RECEIVE_BATCH_MS = 10
 # How long an idle consumer's blocking receive waits for the next message (milliseconds);
 # it also bounds how long a drain waits for the receiving thread to come back.
-IDLE_RECEIVE_MS = 200
+IDLE_RECEIVE_MS = 100
 
 
 class Subscriber:
