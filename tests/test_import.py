@@ -434,6 +434,44 @@ async def test_an_oversize_frame_closes_with_1009_and_earlier_frames_still_land(
         small.request_shutdown()
 
 
+async def test_frames_the_broker_refuses_get_publish_failed_and_the_cap_closes_with_1011(
+    nursery: trio.Nursery, settings: Any, pulsar_client: pulsar.Client, flow: str
+) -> None:
+    """Frames over the broker's size limit are refused by it: each gets a publish-failed error
+    frame (settled, so acks pass them), and the cap on consecutive failures closes with 1011.
+
+    The session broker allows 8 MiB; the gateway here allows 16 MiB, so a 9 MiB frame passes
+    the gateway and the real broker (through pulsar-client) refuses it.
+    """
+    capped = await start_gateway(nursery, settings, max_message_bytes=16 * 1024 * 1024,
+                                 max_consecutive_errors=2)
+    try:
+        first = sample_message("triples", 0)
+        big = sample_message("triples", 1)
+        big["padding"] = "x" * (9 * 1024 * 1024)
+        with trio.fail_after(LONG):
+            async with connect(ws_url(capped, import_path(flow, "triples", receipts=True)),
+                               close_timeout=SHORT, max_size=None) as ws:
+                client = ImportClient(ws)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(client.collect)
+                    await client.send(encode(first))
+                    await client.wait_ack(1)
+                    await client.send(encode(big))
+                    await client.send(encode(big))
+                    await client.wait_closed()
+        assert client.violations == []
+        assert [(e["seq"], e["code"]) for e in client.errors] == [
+            (2, "publish-failed"), (3, "publish-failed")]
+        assert all("broker refused" in e["detail"] for e in client.errors)
+        assert client.ack == 3, "refused frames are settled: the ack covers them"
+        assert client.closed is not None and client.closed.rcvd is not None
+        assert client.closed.rcvd.code == 1011
+        assert await persisted(pulsar_client, topic_of("triples", flow), 1) == [first]
+    finally:
+        capped.request_shutdown()
+
+
 # ---------------------------------------------------------------- routes and HTTP
 
 
