@@ -39,8 +39,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_pulsar_lite(data: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a real pulsar-lite broker on a free loopback port, its data and log in ``data``.
+def start_pulsar_lite(data: Path, port: int | None = None
+                      ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a real pulsar-lite broker on loopback (a free port unless ``port``), its data and
+    log in ``data`` (give the same ``data`` and ``port`` to restart a broker).
 
     The same wheel the embedded default uses, with its metrics endpoint off. Returns the
     process (the caller terminates it) and its ``pulsar://`` URL once it accepts connections.
@@ -49,8 +51,8 @@ def start_pulsar_lite(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 
     config = data / "pulsar-lite.toml"
     config.write_text("max_message_size_bytes = 8388608\n[metrics]\nenabled = false\n")
-    port = _free_port()
-    with (data / "broker.log").open("wb") as log:
+    port = port or _free_port()
+    with (data / "broker.log").open("ab") as log:
         process = subprocess.Popen(
             [find_pulsar_lite_binary(), "--config", str(config), "--addr", f"127.0.0.1:{port}",
              "--db-path", str(data / "db"), "--log-level", "warn"],
