@@ -77,7 +77,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.machine = SupervisorMachine()
-        self.machine.add_listener(TransitionLog(LOGGER, "supervisor", "supervisor"))
+        self.machine.observe(TransitionLog(LOGGER, "supervisor", "supervisor"))
         self.metrics = Metrics()
         self.front = HttpFront(settings, self.machine, self.metrics)
         self.actors: set[ConnectionActor] = set()

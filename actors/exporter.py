@@ -52,7 +52,7 @@ class ExportActor(ConnectionActor):
         self.subscriber = Subscriber(services.broker, route, self.settings, self.metrics,
                                      self.id)
         self.machine = ConnectionMachine(self.subscriber.machine)
-        self.machine.add_listener(TransitionLog(
+        self.machine.observe(TransitionLog(
             LOGGER, "connection", self.id, direction="export",
             subscription=self.subscriber.subscription, **self.log_fields))
         self.client_mode = route.ack_mode == "client"

@@ -22,13 +22,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.trio.server import ServerConnection
 
+from actors.connection import GatewayConnection
 from actors.metrics import CONTENT_TYPE_LATEST
 from core.config import BACKPRESSURE
 from core.errors import RouteError
 
 if TYPE_CHECKING:
-    from actors.connection import GatewayConnection
     from actors.metrics import Metrics
     from core.config import Settings
     from machines.supervisor import SupervisorMachine
@@ -178,7 +179,7 @@ class HttpFront:
         self.metrics = metrics
         self.bound_url = ""
 
-    def __call__(self, connection: GatewayConnection, request: Request) -> Response | None:
+    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer the request, or return None to go on with the WebSocket handshake."""
         parts = urlsplit(request.path)
         path = parts.path
@@ -204,5 +205,6 @@ class HttpFront:
             return text_response(400, str(exc))
         if not self.machine.accepting:
             return text_response(503, f"server is {self.machine.state}: retry elsewhere or later")
+        assert isinstance(connection, GatewayConnection)  # serve(create_connection=...)
         connection.route = route
         return None

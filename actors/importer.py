@@ -55,7 +55,7 @@ class ImportActor(ConnectionActor):
             self._settled, self.id,
         )
         self.machine = ConnectionMachine(self.publisher.machine, receipts=route.receipts)
-        self.machine.add_listener(TransitionLog(LOGGER, "connection", self.id,
+        self.machine.observe(TransitionLog(LOGGER, "connection", self.id,
                                                 direction="import", **self.log_fields))
         self.watermark = 0
         self._ahead: set[int] = set()

@@ -66,7 +66,7 @@ class Publisher:
         self.topic = topic
         self.kind = kind
         self.machine = PublisherMachine()
-        self.machine.add_listener(TransitionLog(LOGGER, "publisher", actor_id, topic=topic))
+        self.machine.observe(TransitionLog(LOGGER, "publisher", actor_id, topic=topic))
         self._broker = broker
         self._settings = settings
         self._metrics = metrics

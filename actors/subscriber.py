@@ -81,7 +81,7 @@ class Subscriber:
     ) -> None:
         self.route = route
         self.machine = SubscriberMachine()
-        self.machine.add_listener(TransitionLog(LOGGER, "subscriber", actor_id,
+        self.machine.observe(TransitionLog(LOGGER, "subscriber", actor_id,
                                                 topic=route.topic))
         self.named = route.subscription is not None
         self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"

@@ -356,7 +356,7 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
         KeyError: ``kind`` is not one of `KINDS` (a programming error).
     """
     fast = _fast_for(kind)
-    if type(text) is not str:
+    if not isinstance(text, str):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -8,10 +8,12 @@ data loss both hide bugs, so every machine here sets them off: an impossible eve
 
 from __future__ import annotations
 
+from typing import Any
+
 from statemachine import StateChart
 
 
-class Lifecycle(StateChart):  # type: ignore[misc]  # the library's metaclass is untyped
+class Lifecycle(StateChart[Any]):
     """A StateChart on which an illegal event is an error, never a silent no-op."""
 
     allow_event_without_transition = False
@@ -23,6 +25,10 @@ class Lifecycle(StateChart):  # type: ignore[misc]  # the library's metaclass is
     def state(self) -> str:
         """The id of the current state (``"running"``, ``"draining"``…)."""
         return str(self.current_state_value)
+
+    def observe(self, listener: object) -> None:
+        """Attach a listener (e.g. one with ``after_transition``): a typed ``add_listener``."""
+        self.add_listener(listener)  # type: ignore[no-untyped-call]  # untyped in the library
 
     @property
     def is_final(self) -> bool:
