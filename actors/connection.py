@@ -253,6 +253,8 @@ class ConnectionActor:
         # Cancelled only by force_now(): the supervisor's deadline has passed.
         self.run_scope = trio.CancelScope()
         self.log_fields = {"flow": self.route.flow, "kind": self.route.kind}
+        # The close code of an internal error (1011: the broker failed this connection).
+        self.error_code: int | None = None
 
     def request_drain(self, deadline: float) -> None:
         """Drain now because the server is stopping; everything must be done by ``deadline``."""

@@ -64,7 +64,6 @@ class ExportActor(ConnectionActor):
         self._end_id: Any = None          # until=end: the last message id at connect time
         self._reached_end = False
         self._end_seen = False            # until=end: a message of the end entry was delivered
-        self.error_code: int | None = None  # 1011 when the broker failed the export
         self._write_scope: trio.CancelScope | None = None
         self._write_deadline = math.inf
 

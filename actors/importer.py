@@ -63,7 +63,6 @@ class ImportActor(ConnectionActor):
         self._dirty = trio.Event()
         self._closing = False
         self._consecutive_failures = 0
-        self.error_code: int | None = None
         self._stop_requested = trio.Event()
         self._sender_done = trio.Event()
         self._rejected = {
