@@ -16,7 +16,7 @@ import logging
 import socket
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -60,8 +60,6 @@ class Broker:
     url: str
     client: pulsar.Client
     embedded: bool
-    log_path: Path | None = None
-    _process: trio.Process | None = field(default=None, repr=False)
 
 
 def _free_loopback_port() -> int:
@@ -115,7 +113,7 @@ async def _wait_for_port(host: str, port: int, limit: float, process: trio.Proce
     raise BrokerUnavailable(f"nothing answers at pulsar://{host}:{port} after {limit:g}s")
 
 
-async def _start_embedded(settings: Settings) -> tuple[trio.Process, str, Path]:
+async def _start_embedded(settings: Settings) -> tuple[trio.Process, str]:
     # Start-up runs once, before serving: blocking file calls here delay nothing else.
     data_dir = Path(settings.data_dir).absolute()  # noqa: ASYNC240
     try:
@@ -156,7 +154,7 @@ async def _start_embedded(settings: Settings) -> tuple[trio.Process, str, Path]:
     except BaseException:
         await _stop_process(process)
         raise
-    return process, f"pulsar://127.0.0.1:{port}", log_path
+    return process, f"pulsar://127.0.0.1:{port}"
 
 
 async def _stop_process(process: trio.Process) -> None:
@@ -202,13 +200,12 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         BrokerError: the embedded broker could not start (the message carries its log tail).
     """
     process: trio.Process | None = None
-    log_path: Path | None = None
     if settings.pulsar_url:
         url = settings.pulsar_url
         host, port = _parse_url(url)
         await _wait_for_port(host, port, CONNECT_TIMEOUT, None, None)
     else:
-        process, url, log_path = await _start_embedded(settings)
+        process, url = await _start_embedded(settings)
         LOGGER.info("embedded broker started", extra={"url": url, "pid": process.pid})
     try:
         client = pulsar.Client(
@@ -218,8 +215,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         )
         try:
             await _probe(client, url)
-            yield Broker(url=url, client=client, embedded=process is not None,
-                         log_path=log_path, _process=process)
+            yield Broker(url=url, client=client, embedded=process is not None)
         finally:
             with trio.move_on_after(CLIENT_CLOSE_TIMEOUT, shield=True):
                 try:

@@ -81,7 +81,6 @@ class Publisher:
         self._handoff: Handoff[tuple[int, Any]] = Handoff(self._settle_batch)
         self._producer: pulsar.Producer | None = None
         self._imported = metrics.imported.labels(kind)
-        self.failures = 0
 
     async def open(self) -> None:
         """Create the producer (a broker round trip, done in a worker thread).
@@ -158,7 +157,6 @@ class Publisher:
                 persisted += 1
                 self._on_settled(seq, None)
             else:
-                self.failures += 1
                 self._on_settled(seq, f"broker refused the message: {result}")
         self._imported.inc(persisted)
         if self.machine.unconfirmed == 0:
