@@ -21,6 +21,25 @@ supervisor's ``finish`` is guarded by "no connection open"; only then is the bro
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:
+    # `python supervisor.py …` from a checkout: load this checkout as the package `quiesce`
+    # (its modules import each other by that one name) and run its command line from there.
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _root = Path(__file__).resolve().parent
+    _spec = importlib.util.spec_from_file_location(
+        "quiesce", _root / "__init__.py", submodule_search_locations=[str(_root)]
+    )
+    assert _spec is not None and _spec.loader is not None
+    _package = importlib.util.module_from_spec(_spec)
+    sys.modules["quiesce"] = _package
+    _spec.loader.exec_module(_package)
+    from quiesce.supervisor import main as _main
+
+    sys.exit(_main())
+
 import argparse
 import functools
 import logging
@@ -37,18 +56,18 @@ import trio
 from websockets.trio.server import Server
 from websockets.trio.server import serve as ws_serve
 
-from actors._observe import JsonFormatter, TextFormatter, TransitionLog
-from actors.broker import open_broker
-from actors.connection import ConnectionActor, GatewayConnection, Services
-from actors.exporter import ExportActor
-from actors.http import HttpFront
-from actors.importer import ImportActor
-from actors.metrics import Metrics
-from actors.subscriber import CONSUMER_CLOSE_TIMEOUT
-from core.config import LoadedSettings, Settings, load_settings, render_settings
-from core.errors import BrokerError, ConfigError, QuiesceError
-from machines import ALL_MACHINES
-from machines.supervisor import SupervisorMachine
+from quiesce.actors._observe import JsonFormatter, TextFormatter, TransitionLog
+from quiesce.actors.broker import open_broker
+from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
+from quiesce.actors.exporter import ExportActor
+from quiesce.actors.http import HttpFront
+from quiesce.actors.importer import ImportActor
+from quiesce.actors.metrics import Metrics
+from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
+from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
+from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
+from quiesce.machines import ALL_MACHINES
+from quiesce.machines.supervisor import SupervisorMachine
 
 LOGGER = logging.getLogger("quiesce.supervisor")
 

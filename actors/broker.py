@@ -24,10 +24,10 @@ from urllib.parse import urlparse
 import pulsar
 import trio
 
-from core.errors import BrokerError, BrokerUnavailable
+from quiesce.core.errors import BrokerError, BrokerUnavailable
 
 if TYPE_CHECKING:
-    from core.config import Settings
+    from quiesce.core.config import Settings
 
 LOGGER = logging.getLogger("quiesce.broker")
 

@@ -30,14 +30,14 @@ from websockets.protocol import CLOSING, OPEN, State
 from websockets.server import ServerProtocol
 from websockets.trio.server import ServerConnection
 
-from core.errors import InvalidMessage
+from quiesce.core.errors import InvalidMessage
 
 if TYPE_CHECKING:
-    from actors.broker import Broker
-    from actors.http import Route
-    from actors.metrics import Metrics
-    from core.config import Settings
-    from machines.connection import ConnectionMachine
+    from quiesce.actors.broker import Broker
+    from quiesce.actors.http import Route
+    from quiesce.actors.metrics import Metrics
+    from quiesce.core.config import Settings
+    from quiesce.machines.connection import ConnectionMachine
 
 LOGGER = logging.getLogger("quiesce.connection")
 

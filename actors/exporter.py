@@ -27,11 +27,11 @@ from typing import Any
 
 import trio
 
-from actors._observe import TransitionLog
-from actors.connection import ConnectionActor, GatewayConnection, Services
-from actors.subscriber import Subscriber
-from core.errors import BrokerError, InvalidAck
-from machines.connection import ConnectionMachine
+from quiesce.actors._observe import TransitionLog
+from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
+from quiesce.actors.subscriber import Subscriber
+from quiesce.core.errors import BrokerError, InvalidAck
+from quiesce.machines.connection import ConnectionMachine
 
 LOGGER = logging.getLogger("quiesce.export")
 

@@ -24,15 +24,15 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.trio.server import ServerConnection
 
-from actors.connection import GatewayConnection
-from actors.metrics import CONTENT_TYPE_LATEST
-from core.config import BACKPRESSURE
-from core.errors import RouteError
+from quiesce.actors.connection import GatewayConnection
+from quiesce.actors.metrics import CONTENT_TYPE_LATEST
+from quiesce.core.config import BACKPRESSURE
+from quiesce.core.errors import RouteError
 
 if TYPE_CHECKING:
-    from actors.metrics import Metrics
-    from core.config import Settings
-    from machines.supervisor import SupervisorMachine
+    from quiesce.actors.metrics import Metrics
+    from quiesce.core.config import Settings
+    from quiesce.machines.supervisor import SupervisorMachine
 
 API_PREFIX = "/api/v1/flow/"
 DIRECTIONS = ("import", "export")

@@ -26,12 +26,12 @@ from collections import deque
 
 import trio
 
-from actors._observe import TransitionLog
-from actors.connection import ConnectionActor, GatewayConnection, Services
-from actors.publisher import Publisher
-from core.errors import BrokerError, InvalidMessage
-from core.wire import validate
-from machines.connection import ConnectionMachine
+from quiesce.actors._observe import TransitionLog
+from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
+from quiesce.actors.publisher import Publisher
+from quiesce.core.errors import BrokerError, InvalidMessage
+from quiesce.core.wire import validate
+from quiesce.machines.connection import ConnectionMachine
 
 LOGGER = logging.getLogger("quiesce.import")
 

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import pulsar
 import trio
 
-from actors._bridge import Handoff
-from actors._observe import TransitionLog
-from actors._pulsar_fast import send_async
-from core.errors import BrokerError
-from machines.publisher import PublisherMachine
+from quiesce.actors._bridge import Handoff
+from quiesce.actors._observe import TransitionLog
+from quiesce.actors._pulsar_fast import send_async
+from quiesce.core.errors import BrokerError
+from quiesce.machines.publisher import PublisherMachine
 
 if TYPE_CHECKING:
-    from actors.broker import Broker
-    from actors.metrics import Metrics
-    from core.config import Settings
+    from quiesce.actors.broker import Broker
+    from quiesce.actors.metrics import Metrics
+    from quiesce.core.config import Settings
 
 LOGGER = logging.getLogger("quiesce.publisher")
 

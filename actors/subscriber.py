@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, Any
 import pulsar
 import trio
 
-from actors._observe import TransitionLog
-from actors._pulsar_fast import acknowledge_async
-from core.errors import BrokerError
-from machines.subscriber import SubscriberMachine
+from quiesce.actors._observe import TransitionLog
+from quiesce.actors._pulsar_fast import acknowledge_async
+from quiesce.core.errors import BrokerError
+from quiesce.machines.subscriber import SubscriberMachine
 
 if TYPE_CHECKING:
-    from actors.broker import Broker
-    from actors.http import Route
-    from actors.metrics import Metrics
-    from core.config import Settings
+    from quiesce.actors.broker import Broker
+    from quiesce.actors.http import Route
+    from quiesce.actors.metrics import Metrics
+    from quiesce.core.config import Settings
 
 LOGGER = logging.getLogger("quiesce.subscriber")
 

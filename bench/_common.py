@@ -39,8 +39,8 @@ from typing import Any
 
 import pulsar
 
-import core.wire
-from core.config import load_settings
+from quiesce.core.config import load_settings
+from quiesce.core.wire import sample_message
 
 __all__ = [
     "BenchFailure",
@@ -178,7 +178,7 @@ def gateway(pulsar_url: str, *extra_args: str, log_level: str = "info") -> Itera
         RuntimeError: it exited or did not log ``ready on ...`` within the start-up timeout.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--port", "0",
+        [sys.executable, "-m", "quiesce.supervisor", "serve", "--port", "0",
          "--pulsar-url", pulsar_url, "--log-level", log_level, *extra_args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -214,8 +214,8 @@ def gateway(pulsar_url: str, *extra_args: str, log_level: str = "info") -> Itera
 
 
 def triples_payloads(n: int, start: int = 0) -> list[str]:
-    """``n`` distinct triples frames, ``json.dumps(core.wire.sample_message("triples", i))``."""
-    return [json.dumps(core.wire.sample_message("triples", i)) for i in range(start, start + n)]
+    """``n`` distinct triples frames, ``json.dumps(sample_message("triples", i))``."""
+    return [json.dumps(sample_message("triples", i)) for i in range(start, start + n)]
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

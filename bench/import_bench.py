@@ -69,7 +69,7 @@ from _common import (
 )
 from websockets.trio.client import connect
 
-from core.config import load_settings
+from quiesce.core.config import load_settings
 
 KIND = "triples"
 TARGET_RATIO = 0.5

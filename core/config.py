@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from core.errors import ConfigError, RouteError
+from quiesce.core.errors import ConfigError, RouteError
 
 __all__ = [
     "BACKPRESSURE",

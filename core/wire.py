@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import orjson
 
-from core.errors import InvalidMessage
+from quiesce.core.errors import InvalidMessage
 
 __all__ = ["KINDS", "sample_message", "validate", "validate_object"]
 

@@ -3,11 +3,11 @@
 Each actor in ``actors/`` owns one of these and is the only code that sends it events.
 """
 
-from machines._base import Lifecycle
-from machines.connection import ConnectionMachine
-from machines.publisher import PublisherMachine
-from machines.subscriber import SubscriberMachine
-from machines.supervisor import SupervisorMachine
+from quiesce.machines._base import Lifecycle
+from quiesce.machines.connection import ConnectionMachine
+from quiesce.machines.publisher import PublisherMachine
+from quiesce.machines.subscriber import SubscriberMachine
+from quiesce.machines.supervisor import SupervisorMachine
 
 __all__ = [
     "ALL_MACHINES",

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from statemachine import State
 
-from machines._base import Lifecycle
-from machines.publisher import PublisherMachine
-from machines.subscriber import SubscriberMachine
+from quiesce.machines._base import Lifecycle
+from quiesce.machines.publisher import PublisherMachine
+from quiesce.machines.subscriber import SubscriberMachine
 
 
 class ConnectionMachine(Lifecycle):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from statemachine import State
 
-from machines._base import Lifecycle
+from quiesce.machines._base import Lifecycle
 
 
 class PublisherMachine(Lifecycle):

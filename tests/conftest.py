@@ -22,8 +22,8 @@ import pulsar
 import pytest
 import trio
 
-from core.config import Settings
-from supervisor import Supervisor
+from quiesce.core.config import Settings
+from quiesce.supervisor import Supervisor
 
 # How long a broker may take to listen at session start.
 BROKER_START_TIMEOUT = 20.0

@@ -17,9 +17,9 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
-from core.config import Settings
-from core.wire import sample_message
-from supervisor import Supervisor
+from quiesce.core.config import Settings
+from quiesce.core.wire import sample_message
+from quiesce.supervisor import Supervisor
 from tests.conftest import http_get, read_topic, start_gateway, ws_url
 
 SECRET = "s3cret"

@@ -21,7 +21,7 @@ import pytest
 import trio
 from websockets.trio.client import connect
 
-from core.wire import sample_message
+from quiesce.core.wire import sample_message
 from tests.conftest import read_topic, start_gateway, start_pulsar_lite, stop_process, ws_url
 
 LONG = 60.0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-QUIESCE = [sys.executable, "-m", "supervisor"]
+QUIESCE = [sys.executable, "-m", "quiesce.supervisor"]
 READY_TIMEOUT = 25.0
 EXIT_TIMEOUT = 30.0
 FAIL_FAST = 15.0

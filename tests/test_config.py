@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.config import (
+from quiesce.core.config import (
     BACKPRESSURE,
     KINDS,
     LoadedSettings,
@@ -19,7 +19,7 @@ from core.config import (
     load_settings,
     render_settings,
 )
-from core.errors import ConfigError, RouteError
+from quiesce.core.errors import ConfigError, RouteError
 
 FIELD_NAMES = [f.name for f in fields(Settings)]
 

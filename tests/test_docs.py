@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from supervisor import Supervisor, render_diagrams
+from quiesce.supervisor import Supervisor, render_diagrams
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # PromQL words that look like metric names in an expression but are not.

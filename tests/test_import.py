@@ -24,8 +24,8 @@ from trio_websocket import open_websocket_url
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.trio.client import ClientConnection, connect
 
-from core.wire import KINDS, sample_message
-from supervisor import Supervisor
+from quiesce.core.wire import KINDS, sample_message
+from quiesce.supervisor import Supervisor
 from tests.conftest import http_get, start_gateway, ws_url
 
 # Bounds of the waits (generous: they only matter when something is wrong).

@@ -24,7 +24,12 @@ from hypothesis.stateful import (
 )
 from statemachine.exceptions import TransitionNotAllowed
 
-from machines import ConnectionMachine, PublisherMachine, SubscriberMachine, SupervisorMachine
+from quiesce.machines import (
+    ConnectionMachine,
+    PublisherMachine,
+    SubscriberMachine,
+    SupervisorMachine,
+)
 
 PROPERTY_SETTINGS = settings(max_examples=200, stateful_step_count=50, deadline=None)
 

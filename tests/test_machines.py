@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
-from machines import (
+from quiesce.machines import (
     ALL_MACHINES,
     ConnectionMachine,
     Lifecycle,

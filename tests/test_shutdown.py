@@ -30,8 +30,8 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import ClientConnection, connect
 
-from core.config import Settings
-from core.wire import sample_message
+from quiesce.core.config import Settings
+from quiesce.core.wire import sample_message
 from tests.conftest import (
     http_get,
     read_topic,
@@ -180,7 +180,7 @@ async def gateway_process(
     Yields once the ``ready`` line has been logged. A process still running at the end is
     killed.
     """
-    command = [sys.executable, "-m", "supervisor", "serve", "--port", "0",
+    command = [sys.executable, "-m", "quiesce.supervisor", "serve", "--port", "0",
                "--pulsar-url", pulsar_url, "--data-dir", str(data_dir), *args]
     process = await trio.lowlevel.open_process(
         command, cwd=ROOT, env=_child_env(env or {}), stdin=subprocess.DEVNULL,

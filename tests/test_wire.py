@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import wire
-from core.errors import InvalidMessage
-from core.wire import KINDS, sample_message, validate, validate_object
+from quiesce.core import wire
+from quiesce.core.errors import InvalidMessage
+from quiesce.core.wire import KINDS, sample_message, validate, validate_object
 
 # The name of the list of items that follows "metadata" in each kind.
 LIST_FIELD = {
