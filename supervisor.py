@@ -58,14 +58,16 @@ from websockets.trio.server import serve as ws_serve
 
 from quiesce.actors._observe import JsonFormatter, TextFormatter, TransitionLog
 from quiesce.actors.broker import open_broker
-from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
-from quiesce.actors.exporter import ExportActor
+from quiesce.actors.connection import ConnectionActor, Services, Worker
+from quiesce.actors.exporter import ExportWorker
 from quiesce.actors.http import HttpFront
-from quiesce.actors.importer import ImportActor
+from quiesce.actors.importer import ImportWorker
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
+from quiesce.actors.websocket import GatewayConnection
 from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
+from quiesce.core.protocol import CloseCode, Direction
 from quiesce.machines import ALL_MACHINES
 from quiesce.machines.supervisor import SupervisorMachine
 
@@ -112,16 +114,20 @@ class Supervisor:
         # Set when connections outlived even the forced path (a bug): exit 1, not 0.
         self.unclean = False
 
+    def _depth(self, direction: Direction) -> float:
+        return float(sum(a.worker.depth for a in list(self.actors) if a.direction is direction))
+
     def _publisher_depth(self) -> float:
-        return float(sum(a.publisher.machine.unconfirmed for a in list(self.actors)
-                         if isinstance(a, ImportActor)))
+        return self._depth(Direction.IMPORT)
 
     def _subscriber_depth(self) -> float:
-        return float(sum(len(a.subscriber.queue) for a in list(self.actors)
-                         if isinstance(a, ExportActor)))
+        return self._depth(Direction.EXPORT)
 
     def request_shutdown(self) -> None:
-        """Start the drain (what SIGTERM and a first SIGINT do)."""
+        """Start the drain (what SIGTERM and a first SIGINT do); later requests change nothing."""
+        if self.shutdown_requested.is_set():
+            return
+        self.machine.drain()
         self.shutdown_requested.set()
 
     def force(self) -> None:
@@ -146,21 +152,26 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     server = await self._listen(nursery, services)
                     self.machine.ready()
-                    LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
-                                ", embedded" if broker.embedded else "",
-                                extra={"url": self.url, "broker": broker.url})
                     task_status.started(self)
-                    await self.shutdown_requested.wait()
-                    await self._drain(server, nursery)
+                    if self.machine.finished:
+                        LOGGER.info("stopping: a signal came during start-up")
+                        await server.aclose()
+                    else:
+                        LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
+                                    ", embedded" if broker.embedded else "",
+                                    extra={"url": self.url, "broker": broker.url})
+                        await self.shutdown_requested.wait()
+                        await self._drain(server, nursery)
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
         if failure is not None:
-            if not self.machine.is_final and not self.machine.draining.is_active:
-                self.machine.fail()
+            self.machine.fail()
             if isinstance(failure, StartupError):
                 raise failure
             raise StartupError(str(failure)) from failure
+        if not self.unclean:  # after a failure the machine is already in ``failed``
+            self.machine.exit()
 
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings
@@ -190,50 +201,52 @@ class Supervisor:
         return server
 
     async def _handle(self, ws: GatewayConnection, services: Services) -> None:
-        if not self.machine.accepting:
+        self.machine.admit()
+        if not self.machine.admitted:
             # The handshake won the race against the drain's start: refuse politely.
-            await ws.aclose(1001, "server draining")
+            await ws.aclose(CloseCode.GOING_AWAY, "server draining")
             return
-        actor = self._make_actor(ws, services)
-        self.machine.connection_opened()
+        make_worker: type[Worker] = (
+            ImportWorker if ws.route.direction is Direction.IMPORT else ExportWorker)
+        try:
+            actor = ConnectionActor(ws, services, make_worker)
+        except Exception:
+            LOGGER.error("connection actor could not start", exc_info=True)
+            self.machine.release()
+            await ws.abort()
+            raise
         self.actors.add(actor)
         self.metrics.connections.labels(actor.direction).inc()
         try:
             await actor.run()
         except Exception:
-            LOGGER.error("connection actor failed", exc_info=True, extra={"actor": actor.id})
+            # A bug: the actor's own boundary turns every expected failure into a drain.
+            LOGGER.error("connection actor failed", exc_info=True, extra={"conn": actor.id})
             await ws.abort()
         finally:
             self.actors.discard(actor)
             self.metrics.connections.labels(actor.direction).dec()
-            self.machine.connection_closed()
-            stopping = self.machine.draining.is_active or self.machine.forcing.is_active
-            if not self.actors and stopping:
+            self.machine.release()
+            if self.machine.finished:
                 self._all_closed.set()
-
-    def _make_actor(self, ws: GatewayConnection, services: Services) -> ConnectionActor:
-        if ws.route.direction == "import":
-            return ImportActor(ws, services)
-        return ExportActor(ws, services)
 
     async def _drain(self, server: Server, nursery: trio.Nursery) -> None:
         started = trio.current_time()
-        self.machine.drain()
         self.metrics.draining.set(1)
         deadline = started + self.settings.shutdown_timeout
         LOGGER.info("draining %d connections (deadline %.1fs)", len(self.actors),
                     self.settings.shutdown_timeout)
         for actor in list(self.actors):
             actor.request_drain(deadline)
-        if not self.actors:
+        if self.machine.finished:  # the drain found no connection open
             self._all_closed.set()
         with trio.move_on_at(deadline) as self._drain_scope:
             if self._force_requested:
-                self._drain_scope.cancel()
+                self._drain_scope.cancel(reason="forced by a second signal")
             await self._all_closed.wait()
         self._drain_scope = None
-        if self.actors:
-            self.machine.force()
+        self.machine.deadline()  # in stopped: nothing to force (declared, ignored)
+        if not self.machine.finished:
             LOGGER.warning("forcing %d connections still draining", len(self.actors))
             for actor in list(self.actors):
                 actor.force_now()
@@ -241,13 +254,13 @@ class Supervisor:
             # close); this bound only catches a bug.
             with trio.move_on_after(self._forced_cleanup_bound()):
                 await self._all_closed.wait()
-            if self.actors:
+            if not self.machine.finished:
                 LOGGER.critical("%d connections did not close after being forced; exiting",
                                 len(self.actors))
                 self.unclean = True
+                self.machine.fail()
                 nursery.cancel_scope.cancel(reason="connections stuck after forcing")
                 return
-        self.machine.finish()
         self.metrics.shutdown_seconds.observe(trio.current_time() - started)
         await server.aclose(close_connections=False)
         if self.settings.queue_stats_on_shutdown:

@@ -1,219 +1,57 @@
-"""The connection actor's WebSocket: websockets.trio, with the close handshake held until drained.
+"""The connection actor: one skeleton for every WebSocket, import or export.
 
-Why a protocol subclass: websockets answers a client's close frame at once, inside its
-sans-I/O ``Protocol.recv_frame``, and then refuses to send anything. CONTRACT §3 wants the
-final ``{"ack": N}`` *before* the server's close frame, and RFC 6455 §5.5.1 only asks for the
-reply "as soon as practical". ``HeldCloseProtocol`` therefore records the client's close frame
-and keeps the connection OPEN (so the actor can still send receipts) until the actor, its
-drain complete, calls ``answer_close``. Data frames after a close frame are discarded, as
-RFC 6455 §1.4 says.
+Theory of operation. A connection is a socket (``GatewayConnection``), a *worker* that does
+the direction's work (``ImportWorker``: frames to a producer; ``ExportWorker``: a consumer to
+frames) and a ``ConnectionMachine`` that decides. ``run`` is the same straight line for both
+directions, whatever ends the connection::
 
-``GatewayConnection`` is the ``create_connection`` factory given to ``websockets.trio.serve``.
-It swaps the protocol's class in place (``serve`` builds a plain ``ServerProtocol`` and offers
-no other hook) and gives the actors four operations: ``receive_frame``, ``send_json``,
-``close_after_drain`` and ``abort``.
+    open the worker          opened | open_failed          (the machine: running or draining)
+    take, while running      the worker reports what ended intake: the client's close,
+                             a lost peer, a frame too big, a failure, the end of a dump;
+                             the supervisor reports a server drain
+    drain the worker         its machine concludes: stopped (all settled) | abandoned
+    last words               the final receipt, or {"end": true}
+    drained                  the machine chooses graceful or forced, and the close code
+    close the socket         answer or send the close frame (bounded)
+    close the worker         producer/consumer, bounded; then socket_closed
+
+Deadlines: every wait after intake runs inside ``Deadlines.within`` — bounded by its own
+timeout and by the server's drain deadline. ``force_now`` (the supervisor's deadline has
+passed) cuts them all at once, so the same straight line runs to its end in no time: the
+worker concludes ``abandoned`` and the machine closes with 1011. Nothing is cancelled
+half-way except waits.
+
+Errors: anything a worker raises while taking, and any failure of its background tasks, is
+logged once here with the connection id and reported as ``failed``: the connection drains
+and closes with 1011 like any other, so whatever it holds is settled (nacked, or left
+unreceipted) and nothing is stranded.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import trio
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CLOSE, Close, Frame
-from websockets.protocol import CLOSING, OPEN, State
-from websockets.server import ServerProtocol
-from websockets.trio.server import ServerConnection
 
-from quiesce.core.errors import InvalidMessage
+from quiesce.actors._observe import TransitionLog
+from quiesce.actors.websocket import Ending, GatewayConnection
+from quiesce.core.errors import BrokerError
+from quiesce.core.protocol import CloseCode, Direction
+from quiesce.machines.connection import ConnectionMachine
 
 if TYPE_CHECKING:
     from quiesce.actors.broker import Broker
-    from quiesce.actors.http import Route
     from quiesce.actors.metrics import Metrics
     from quiesce.core.config import Settings
-    from quiesce.machines.connection import ConnectionMachine
+    from quiesce.machines.worker import WorkerMachine
 
 LOGGER = logging.getLogger("quiesce.connection")
-
-
-class HeldCloseProtocol(ServerProtocol):
-    """A ``ServerProtocol`` that lets the application choose when to answer a close frame."""
-
-    held_close: Frame | None = None
-
-    def recv_frame(self, frame: Frame) -> None:
-        """Process an incoming frame, holding a close frame instead of echoing it."""
-        if self.held_close is not None:
-            return  # RFC 6455 §1.4: discard what follows a close frame
-        if frame.opcode is CLOSE and self.state is OPEN and self.current_size is None:
-            Close.parse(frame.data)  # a malformed close frame still fails the connection
-            self.held_close = frame
-            self.events.append(frame)
-            return
-        super().recv_frame(frame)
-
-    def answer_close(self, code: int | None = None, reason: str = "") -> None:
-        """Send the close frame owed for the held one: its echo, or ``code`` if given.
-
-        After calling this method, send ``data_to_send()``; the connection is CLOSING.
-        """
-        frame = self.held_close
-        assert frame is not None and self.state is OPEN
-        self.held_close = None
-        if code is None:
-            super().recv_frame(frame)  # the library's own reply: echo, then half-close
-            return
-        self.close_rcvd = Close.parse(frame.data)
-        self.close_sent = Close(code, reason)
-        self.send_frame(Frame(CLOSE, self.close_sent.serialize()))
-        self.close_rcvd_then_sent = True
-        self.state = CLOSING
-        self.send_eof()
-        self.parser = self.discard()
-        next(self.parser)
-
-
-class GatewayConnection(ServerConnection):
-    """A websockets.trio server connection carrying a route and a held close.
-
-    Attributes:
-        route: what ``process_request`` resolved for this request (flow, kind, topic,
-            options); set before the handler runs.
-    """
-
-    route: Route
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # serve() builds a plain ServerProtocol and has no hook for a subclass; the subclass
-        # adds behaviour only (no state of its own besides a class-level default).
-        self.protocol.__class__ = HeldCloseProtocol
-        self.client_closed = trio.Event()
-
-    def process_event(self, event: Any) -> None:
-        """Hand data frames to the assembler; on a held close, end the stream of messages."""
-        super().process_event(event)
-        if isinstance(event, Frame) and event.opcode is CLOSE and (
-            getattr(self.protocol, "held_close", None) is not None
-        ):
-            # Messages already queued stay readable; receive_frame() returns None after them.
-            self.recv_messages.close()
-            self.client_closed.set()
-
-    @property
-    def is_open(self) -> bool:
-        """True while frames can still be sent to the client."""
-        return self.protocol.state is OPEN
-
-    async def receive_frame(self) -> str | bytes | None:
-        """Return the next message (str for text, bytes for binary), or None at the end.
-
-        The end is either the client's close frame (held: see ``close_after_drain``) or a
-        connection that is gone. Cancelling is safe: no message is lost.
-
-        Raises:
-            InvalidMessage: a text frame that is not valid UTF-8 (it is consumed).
-        """
-        try:
-            return await self.recv_messages.get()
-        except EOFError:
-            return None
-        except UnicodeDecodeError as exc:
-            raise InvalidMessage(f"not UTF-8: {exc.reason} at position {exc.start}") from None
-
-    async def send_json(self, obj: Any) -> bool:
-        """Send ``obj`` as one JSON text frame. Returns False if the connection is gone."""
-        return await self.send_text(json.dumps(obj, separators=(",", ":")))
-
-    async def send_text(self, text: str) -> bool:
-        """Send one text frame. Returns False if the connection is gone."""
-        if self.protocol.state is not OPEN:
-            return False
-        try:
-            await self.send(text)
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
-
-    async def send_texts(self, payloads: list[bytes]) -> bool:
-        """Send UTF-8 ``payloads`` as text frames in one socket write.
-
-        ``send()`` writes each frame with its own ``send_all``; a burst of hundreds of small
-        frames then costs hundreds of syscalls and scheduler passes. This serialises them
-        all through the protocol and writes the bytes once, under the same lock.
-
-        Returns:
-            False if the connection is gone (nothing or not everything was written).
-        """
-        protocol = self.protocol
-        try:
-            async with self.send_lock:
-                if protocol.state is not OPEN:
-                    return False
-                if protocol.extensions:
-                    for payload in payloads:
-                        protocol.send_text(payload)
-                    data = b"".join(protocol.data_to_send())
-                else:
-                    # With no extension negotiated (the server offers none: compression is
-                    # off) a server's text frame is a fixed header and the payload, and the
-                    # protocol keeps no state for it: writing it here saves Frame.serialize
-                    # per message (a fifth of the export path's time).
-                    pending = protocol.data_to_send()  # pongs queued by the reader, if any
-                    data = b"".join([*pending, *map(_text_frame, payloads)])
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return False
-        return True
-
-    async def close_after_drain(self, code: int | None, reason: str = "") -> None:
-        """Finish the close handshake: answer a held close, or start one with ``code``.
-
-        With a held client close and ``code`` None, the client's own code is echoed.
-        """
-        protocol = self.protocol
-        assert isinstance(protocol, HeldCloseProtocol)
-        self.stop_flow_control()
-        if protocol.state is not OPEN:
-            await self.wait_closed_briefly()
-            return
-        if protocol.held_close is not None:
-            try:
-                async with self.send_context():
-                    protocol.answer_close(code, reason)
-            except ConnectionClosed:
-                pass
-            return
-        await self.aclose(code if code is not None else 1000, reason)
-
-    async def wait_closed_briefly(self) -> None:
-        """Close the TCP stream once the protocol is closed (idempotent)."""
-        if self.protocol.state is not State.CLOSED or not self.stream_closed.is_set():
-            await self.close_stream()
-
-    def stop_flow_control(self) -> None:
-        """Let the reader task read the socket again, whatever is left unread.
-
-        Once the actor stops reading messages, websockets' reader pauses when its buffer is
-        full and no longer watches the socket: it would miss the client's close frame and
-        even the socket's closing, and the connection handler would never return. Nothing
-        will read those messages any more (they were never numbered, so never receipted),
-        and the close is bounded by the grace period, so the buffer may grow until then.
-        """
-        self.recv_messages.high = self.recv_messages.low = None
-        if self.recv_flow_control is not None:
-            self.resume_reading()
-
-    async def abort(self) -> None:
-        """Drop the TCP connection without a close handshake (the forced path)."""
-        self.stop_flow_control()
-        await trio.aclose_forcefully(self.stream)
 
 
 @dataclass
@@ -225,106 +63,205 @@ class Services:
     metrics: Metrics
 
 
-class ConnectionActor:
-    """Base of the import and export connection actors: identity, drain requests, the close.
+class Deadlines:
+    """The absolute deadlines of one connection's waits, cut short together by ``cut``."""
 
-    The supervisor calls ``request_drain(deadline)`` when it drains (stop intake, drain,
-    close with 1001) and ``force_now()`` when its own deadline passes. Subclasses implement
-    ``run``, which returns once the socket is closed.
+    def __init__(self) -> None:
+        self.limit = math.inf
+        self._scopes: set[trio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def within(self, timeout: float, *, shield: bool = False) -> Iterator[trio.CancelScope]:
+        """A cancel scope ending after ``timeout`` seconds, or at the limit if sooner."""
+        deadline = min(trio.current_time() + timeout, self.limit)
+        scope = trio.CancelScope(deadline=deadline, shield=shield)
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._scopes.discard(scope)
+
+    def cap(self, deadline: float) -> None:
+        """No wait may go on past ``deadline`` (those running now included)."""
+        self.limit = min(self.limit, deadline)
+        for scope in self._scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+
+class Worker(Protocol):
+    """The direction's half of a connection; the actor drives it through ``run``.
+
+    Attributes:
+        machine: its lifecycle (a ``WorkerMachine`` over its ledger).
+        name: ``publisher`` or ``subscriber`` (logs).
+    """
+
+    machine: WorkerMachine
+    name: str
+
+    @property
+    def depth(self) -> int:
+        """Items waiting: frames unconfirmed (import), messages not yet written (export)."""
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Open the producer/consumer; start background tasks in ``nursery`` (guarded).
+
+        Raises:
+            BrokerError: the broker refused or did not answer (the worker has queued the
+                error frame for the client).
+        """
+
+    async def take(self) -> None:
+        """Take frames or messages until something ends intake (reported to the actor)."""
+
+    async def drain(self) -> None:
+        """Stop intake, settle everything it can within its deadline, conclude its machine."""
+
+    async def finish(self) -> None:
+        """Last words before the close (final receipt, end frame), bounded."""
+
+    async def aclose(self) -> None:
+        """Close the producer/consumer (bounded, shielded)."""
+
+    def intake_stopping(self) -> None:
+        """Intake is being cancelled: bound any write that must not be cut half-way."""
+
+
+class ConnectionActor:
+    """One WebSocket, its worker and its connection machine (see the module docstring).
+
+    The supervisor calls ``request_drain(deadline)`` when it drains and ``force_now()``
+    when its own deadline has passed. ``run`` returns once the socket is closed.
 
     Args:
         ws: the accepted WebSocket (its ``route`` is set).
         services: settings, broker, metrics.
+        make_worker: builds the direction's worker for this actor.
     """
 
-    direction = "connection"
-
-    def __init__(self, ws: GatewayConnection, services: Services) -> None:
+    def __init__(
+        self,
+        ws: GatewayConnection,
+        services: Services,
+        make_worker: Callable[[ConnectionActor], Worker],
+    ) -> None:
         self.id = uuid.uuid4().hex[:8]
         self.ws = ws
         self.route = ws.route
+        self.direction: Direction = self.route.direction
         self.services = services
         self.settings = services.settings
         self.metrics = services.metrics
-        self.server_draining = False
-        self.server_deadline = math.inf
+        self.log_fields = {"conn": self.id, "flow": self.route.flow, "kind": self.route.kind}
+        self.deadlines = Deadlines()
         # Cancelled to stop taking frames/messages: the first step of every drain.
         self.intake_scope = trio.CancelScope()
-        # Cancelled only by force_now(): the supervisor's deadline has passed.
-        self.run_scope = trio.CancelScope()
-        self.log_fields = {"flow": self.route.flow, "kind": self.route.kind}
-        # The close code of an internal error (1011: the broker failed this connection).
-        self.error_code: int | None = None
+        self.worker = make_worker(self)
+        self.machine = ConnectionMachine(self.worker.machine)
+        self.machine.observe(TransitionLog(LOGGER, "connection", self.id,
+                                           direction=str(self.direction), **self.log_fields))
+
+    # ------------------------------------------------ facts from outside
 
     def request_drain(self, deadline: float) -> None:
-        """Drain now because the server is stopping; everything must be done by ``deadline``."""
-        self.server_draining = True
-        self.server_deadline = deadline
-        self.intake_scope.cancel(reason="server draining")
+        """The server drains: stop intake now, and be done by ``deadline``."""
+        self.deadlines.cap(deadline)
+        self.machine.server_drain()
+        self._stop_intake("server draining")
 
     def force_now(self) -> None:
-        """Stop waiting: the shutdown deadline has passed (close with 1011)."""
-        self.run_scope.cancel(reason="shutdown deadline")
+        """The shutdown deadline has passed: every wait ends now (close with 1011)."""
+        self.deadlines.cap(-math.inf)
+        self.machine.deadline()
+        self._stop_intake("shutdown deadline")
 
-    def drain_deadline(self, timeout: float) -> float:
-        """The absolute deadline of a drain of at most ``timeout`` seconds, starting now."""
-        return min(trio.current_time() + timeout, self.server_deadline)
+    # ------------------------------------------------ facts from the worker
+
+    def report_ending(self, ending: Ending) -> None:
+        """The client's stream of frames ended (``receive_frame`` returned None)."""
+        if ending is Ending.CLIENT_CLOSED:
+            self.machine.client_closed()
+        elif ending is Ending.TOO_BIG:
+            self.machine.frame_too_big()
+        else:
+            self.machine.peer_lost()
+        self._stop_intake(ending.value)
+
+    def report_failure(self, reason: str) -> None:
+        """The broker (or a bug) failed this connection: drain, then close with 1011."""
+        self.machine.failed()
+        self._stop_intake(reason)
+
+    def report_finished(self) -> None:
+        """The worker's job is done (an until=end export delivered its backlog)."""
+        self.machine.finished()
+        self._stop_intake("finished")
+
+    def _stop_intake(self, reason: str) -> None:
+        self.worker.intake_stopping()
+        self.intake_scope.cancel(reason=reason)
+
+    async def guard(self, task: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run a worker's background task; a failure becomes a logged ``failed`` fact."""
+        try:
+            await task()
+        except Exception:
+            LOGGER.error("%s failed", name, exc_info=True, extra=self.log_fields)
+            self.report_failure(f"{name} failed")
+
+    # --------------------------------------------------------- the line
 
     async def run(self) -> None:
-        """Serve the connection until its socket is closed."""
-        raise NotImplementedError
+        """Serve the connection until its socket is closed (see the module docstring)."""
+        machine, worker = self.machine, self.worker
+        async with trio.open_nursery() as nursery:
+            await self._open(nursery)
+            if machine.intake_open:
+                with self.intake_scope:
+                    try:
+                        await worker.take()
+                    except Exception:
+                        LOGGER.error("%s failed while taking", worker.name, exc_info=True,
+                                     extra=self.log_fields)
+                        self.machine.failed()
+            started = trio.current_time()
+            await worker.drain()
+            await worker.finish()
+            if not self.ws.is_open:
+                machine.peer_lost()
+            machine.drained()
+            await self._close()
+            self.metrics.drain_seconds.labels(self.direction).observe(
+                trio.current_time() - started)
+            nursery.cancel_scope.cancel(reason="connection closed")
+        await worker.aclose()
+        machine.socket_closed()
 
-    async def close_socket(
-        self, machine: ConnectionMachine, started: float, error_code: int | None = None
-    ) -> None:
-        """Take the close edge the machine allows and finish the close handshake.
+    async def _open(self, nursery: trio.Nursery) -> None:
+        with self.deadlines.within(math.inf) as scope:
+            try:
+                await self.worker.open(nursery)
+            except BrokerError as exc:
+                LOGGER.error("%s cannot start: %s", self.direction, exc, extra=self.log_fields)
+                self.machine.open_failed()
+                return
+            self.machine.opened()
+        if scope.cancelled_caught:  # forced while the broker kept us waiting
+            self.machine.open_failed()
 
-        Graceful (``close``): echo a held client close, or 1001 when the server drains, or
-        1000 (or ``error_code``, for an internal error). Forced (``force``): 1011. Counted
-        either way.
-        """
-        if machine.drained():
-            machine.close()
-            code = error_code
-            if code is None and self.server_draining and not self.ws.client_closed.is_set():
-                code = 1001
-            self.metrics.graceful_shutdowns.labels(self.direction).inc()
+    async def _close(self) -> None:
+        machine = self.machine
+        if machine.forced:
+            self.metrics.forced_shutdowns.labels(self.direction).inc()
         else:
-            machine.force()
-            code = 1011
-            self.metrics.forced_shutdowns.labels(self.direction).inc()
-        await self._close_handshake(machine, code, "drain incomplete" if code == 1011 else "")
-        self.metrics.drain_seconds.labels(self.direction).observe(trio.current_time() - started)
-
-    async def close_forced(self, machine: ConnectionMachine) -> None:
-        """Close with 1011 after the supervisor's deadline cut ``run`` short, wherever it was.
-
-        The worker's own cleanup (nack, abandon) is the subclass's; this takes the forced edge
-        if it was not taken yet, and closes the socket.
-        """
-        if machine.running.is_active:
-            machine.drain()
-        if machine.draining.is_active:
-            machine.force()
-            self.metrics.forced_shutdowns.labels(self.direction).inc()
-        await self._close_handshake(machine, 1011, "shutdown deadline")
-
-    async def _close_handshake(self, machine: ConnectionMachine, code: int | None,
-                               reason: str) -> None:
-        # Shielded, with its own bound: it runs on every way out, cancellation included.
+            self.metrics.graceful_shutdowns.labels(self.direction).inc()
+        code = machine.close_code
+        reason = "drain incomplete" if machine.forced else ""
+        if code is CloseCode.INTERNAL and not machine.forced:
+            reason = "internal error"
+        # Shielded, with its own bound: it runs on every way out, a forced one included.
         with trio.move_on_after(self.settings.socket_grace_period, shield=True) as scope:
             await self.ws.close_after_drain(code, reason)
         if scope.cancelled_caught:
             await self.ws.abort()
-        if machine.closing.is_active:
-            machine.finish()
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented text frame (RFC 6455 §5.2), as a server sends it."""
-    length = len(payload)
-    if length < 126:
-        return b"\x81" + bytes((length,)) + payload
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + length.to_bytes(8, "big") + payload

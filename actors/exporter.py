@@ -1,281 +1,262 @@
-"""The export connection actor: Pulsar messages out to a WebSocket, acked only once delivered.
+"""The export worker: Pulsar messages out to a WebSocket, acked only once delivered.
 
-Theory of operation. Two tasks per connection:
+Theory of operation. Per connection, three tasks and one ledger (``DeliveryLedger``):
 
-- the *writer* (``_deliver``) takes the next queued message from the subscriber and writes
-  it. With ``ack=auto`` the message is acked in Pulsar after ``send`` returned (the frame is
-  in the socket); with ``ack=client`` it is wrapped as ``{"seq": N, "message": …}`` and kept
-  in ``inflight`` until the client acks N, and the writer waits while ``window`` frames are
-  unacked.
-- the *reader* (``_read_client``) reads the client's frames: cumulative ``{"ack": N}``
-  (``ack=client``) and, at the end, its close frame (held until the drain is done).
+- the *receiver* (``Subscriber.serve_receiving``, background) hands bursts from the
+  consumer to ``_arrived``; the ledger queues them or, by backpressure, hands back the ones
+  to nack; ``block`` pauses receiving while the queue is full.
+- the *writer* (``take``, the intake) writes every queued message the window allows in one
+  socket write. With ``ack=auto`` the ledger releases them to be acked once written; with
+  ``ack=client`` they are wrapped as ``{"seq": N, "message": …}`` and wait in flight.
+- the *client reader* (``_read_client``, background) applies the client's cumulative
+  ``{"ack": N}`` through the ledger and, at the end, reports its close frame (held).
 
-Whatever ends the connection — the client's close, a lost socket, the server's drain,
-``until=end``, too many consecutive errors — the writer stops first, the subscriber pauses
-intake, and then every message taken and not delivered (auto) or not client-acked (client) is
-nacked before the consumer closes. A server drain with ``ack=client`` first gives the client
-until the drain deadline to ack what it was sent.
+``drain`` closes the ledger's intake, stops the receiver, nacks what is queued; a server
+drain with ``ack=client`` then gives the client until the drain deadline to ack what it
+was sent; everything still in flight is nacked, and the machine concludes. ``until=end``
+ends the writer when the ledger says the backlog is delivered (see ``DeliveryLedger``):
+once the end entry was delivered and nothing more arrives for ``END_QUIET_PERIOD``, or
+when nothing at all arrives for ``END_IDLE_PERIOD`` (the subscription had nothing left).
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from quiesce.actors._observe import TransitionLog
-from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
-from quiesce.actors.subscriber import Subscriber
-from quiesce.core.errors import BrokerError, InvalidAck
-from quiesce.machines.connection import ConnectionMachine
+from quiesce.actors.subscriber import Subscriber, message_key
+from quiesce.actors.websocket import Ending
+from quiesce.core.errors import BrokerError, InvalidAck, InvalidMessage
+from quiesce.core.protocol import (
+    END_FRAME,
+    AckMode,
+    ErrorCode,
+    envelope,
+    error_frame,
+)
+from quiesce.machines.delivery import DeliveryLedger
+from quiesce.machines.worker import WorkerMachine
+
+if TYPE_CHECKING:
+    from quiesce.actors.connection import ConnectionActor
 
 LOGGER = logging.getLogger("quiesce.export")
 
-# until=end: how long the end entry must stay quiet before the backlog counts as delivered.
+# until=end: how long nothing may arrive after the end entry before the backlog counts as
+# delivered (the rest of a batched entry may still be on its way from the receiving thread).
 END_QUIET_PERIOD = 0.05
+# until=end: how long nothing may arrive at all before the subscription counts as having had
+# nothing left to deliver (e.g. a second dump after a complete one).
+END_IDLE_PERIOD = 1.0
 # Most frames written to the socket in one write.
 MAX_WRITE_BATCH = 256
 
 
-class ExportActor(ConnectionActor):
-    """One export WebSocket, its subscriber and its connection machine."""
+class ExportWorker:
+    """The export half of a connection: its subscriber, delivery ledger and writer."""
 
-    direction = "export"
+    name = "subscriber"
 
-    def __init__(self, ws: GatewayConnection, services: Services) -> None:
-        super().__init__(ws, services)
-        route = self.route
-        self.subscriber = Subscriber(services.broker, route, self.settings, self.metrics,
-                                     self.id)
-        self.machine = ConnectionMachine(self.subscriber.machine)
-        self.machine.observe(TransitionLog(
-            LOGGER, "connection", self.id, direction="export",
-            subscription=self.subscriber.subscription, **self.log_fields))
-        self.client_mode = route.ack_mode == "client"
-        self.sent = 0                     # frames written (the last seq, with ack=client)
-        self.client_acked = 0             # the client's cumulative ack
-        self.inflight: collections.deque[tuple[int, Any]] = collections.deque()
-        self._acked = trio.Event()
-        self._exported = self.metrics.exported.labels(route.kind)
-        self._end_id: Any = None          # until=end: the last message id at connect time
-        self._reached_end = False
-        self._end_seen = False            # until=end: a message of the end entry was delivered
+    def __init__(self, conn: ConnectionActor) -> None:
+        self.conn = conn
+        route, settings = conn.route, conn.settings
+        self.settings = settings
+        self.client_mode = route.ack_mode is AckMode.CLIENT
+        self.ledger: DeliveryLedger[Any] = DeliveryLedger(
+            client_acks=self.client_mode, window=route.window,
+            max_queue=settings.subscriber_max_queue_size, backpressure=route.backpressure,
+            key=message_key,
+        )
+        self.machine = WorkerMachine(self.ledger)
+        self.subscriber = Subscriber(conn.services.broker, route, settings, conn.id,
+                                     self._arrived)
+        self.machine.observe(TransitionLog(LOGGER, "subscriber", conn.id, topic=route.topic,
+                                           subscription=self.subscriber.subscription,
+                                           **conn.log_fields))
+        self._wake = trio.Event()  # set on an arrival, a client ack, or the client's end
         self._write_scope: trio.CancelScope | None = None
-        self._write_deadline = math.inf
+        self._concluded = False
+        metrics, kind = conn.metrics, route.kind
+        self._exported = metrics.exported.labels(kind)
+        self._acknowledged = metrics.acknowledged.labels(kind)
+        self._nacked_dropped = metrics.subscriber_messages_nacked.labels(kind, "backpressure")
+        self._nacked_end = metrics.subscriber_messages_nacked.labels(kind, "undelivered")
 
-    def _bound_writes(self, seconds: float) -> None:
-        """Give the socket write in progress (and any later one) ``seconds`` to finish."""
-        self._write_deadline = min(self._write_deadline, trio.current_time() + seconds)
-        if self._write_scope is not None:
-            self._write_scope.deadline = self._write_deadline
+    @property
+    def depth(self) -> int:
+        """Messages taken from Pulsar and not yet written to the socket."""
+        return len(self.ledger.queue)
 
-    def request_drain(self, deadline: float) -> None:
-        """Drain for the server; a write in progress gets the grace period to finish."""
-        self._bound_writes(self.settings.socket_grace_period)
-        super().request_drain(deadline)
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Subscribe (and, for until=end, read the topic's end); start receiving.
 
-    def force_now(self) -> None:
-        """Stop at once, a write in progress included."""
-        self._bound_writes(0)
-        super().force_now()
-
-    async def run(self) -> None:
-        """Serve the connection until its socket is closed (see the module docstring)."""
-        machine = self.machine
-        machine.open()
-        with self.run_scope:
-            try:
-                await self.subscriber.open()
-                if self.route.until_end:
-                    last = await self.subscriber.last_message_id()
-                    self._end_id = None if last is None else _position(last)
-            except BrokerError as exc:
-                LOGGER.error("export cannot start: %s", exc, extra=self.log_fields)
-                await self.ws.send_json({"error": {"code": "broker-unavailable",
-                                                   "detail": str(exc)}})
-                self.error_code = 1011
-            async with trio.open_nursery() as nursery:
-                if self.error_code is None:
-                    nursery.start_soon(self._read_client)
-                    nursery.start_soon(self._receive)
-                    with self.intake_scope:
-                        if self._end_id is None and self.route.until_end:
-                            self._reached_end = True
-                        else:
-                            await self._deliver()
-                started = trio.current_time()
-                machine.drain()
-                await self._drain()
-                nursery.cancel_scope.cancel(reason="export drained")
-            if not self.ws.is_open:
-                machine.peer_lost()
-            if self._reached_end and self.ws.is_open:
-                await self.ws.send_json({"end": True})
-            await self.close_socket(machine, started, self.error_code)
-            await self.subscriber.aclose()
-        if self.run_scope.cancelled_caught:
-            await self._forced()
-
-    async def _deliver(self) -> None:
-        """The writer loop: returns at the end of the backlog (until=end) or a lost socket.
-
-        Each turn writes every queued message (up to the window's room) in one socket
-        write: one syscall and one scheduler pass per burst instead of per message.
+        Raises:
+            BrokerError: no consumer, or no end position; the client got an error frame.
         """
-        subscriber, ws = self.subscriber, self.ws
-        window = self.route.window
-        client_mode = self.client_mode
-        end = self._end_id
+        subscriber = self.subscriber
+        try:
+            await subscriber.open()
+            if self.conn.route.until_end:
+                self.ledger.expect_end(await subscriber.last_place())
+        except BrokerError as exc:
+            await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, str(exc)))
+            raise
+        nursery.start_soon(self.conn.guard, self._receive, "receiver")
+        nursery.start_soon(self.conn.guard, self._read_client, "client reader")
+
+    # ---------------------------------------------------------- receiving
+
+    async def _receive(self) -> None:
+        try:
+            await self.subscriber.serve_receiving()
+        except BrokerError as exc:
+            LOGGER.error("export stopped: %s", exc, extra=self.conn.log_fields)
+            self.conn.report_failure("broker error")
+
+    def _arrived(self, batch: list[Any]) -> None:
+        if self._concluded:
+            # The consumer is closing: the broker redelivers these anyway.
+            return
+        dropped, refused = self.ledger.arrive(batch)
+        if dropped:
+            self._nack(dropped, self._nacked_dropped)
+        if refused:
+            self._nack(refused, self._nacked_end)
+        if self.ledger.full:
+            self.subscriber.pause()
+        self._wake.set()
+
+    def _nack(self, messages: list[Any], counter: Any) -> None:
+        self.subscriber.nack(messages)
+        counter.inc(len(messages))
+        if self.conn.machine.stop_requested:
+            self.conn.metrics.shutdown_drops.inc(len(messages))
+
+    # ------------------------------------------------------------- writer
+
+    async def _wait_news(self) -> None:
+        """Wait for an arrival, a client ack, or the client's end."""
+        self._wake = trio.Event()
+        await self._wake.wait()
+
+    async def take(self) -> None:
+        """Write queued messages until the socket is lost or an until=end dump is done."""
+        conn, ws, ledger, subscriber = self.conn, self.conn.ws, self.ledger, self.subscriber
+        until_end = conn.route.until_end
+        if ledger.end_due(quiet=False):  # until=end on an empty topic
+            conn.report_finished()
+            return
         while True:
-            limit = MAX_WRITE_BATCH
-            if client_mode:
-                while len(self.inflight) >= window:
-                    self._acked = trio.Event()
-                    await self._acked.wait()
-                limit = min(limit, window - len(self.inflight))
-            messages = await subscriber.get_batch(limit)
-            payloads = [_text_payload(m.data()) for m in messages]
-            if client_mode:
-                first = self.sent + 1
-                payloads = [b'{"seq":%d,"message":%s}' % (first + i, p)
-                            for i, p in enumerate(payloads)]
+            batch = ledger.next_batch(MAX_WRITE_BATCH)
+            if not batch:
+                if not until_end:
+                    await self._wait_news()
+                    continue
+                quiet = END_QUIET_PERIOD if ledger.end_seen else END_IDLE_PERIOD
+                with trio.move_on_after(quiet) as scope:
+                    await self._wait_news()
+                if scope.cancelled_caught and ledger.end_due(quiet=True):
+                    conn.report_finished()
+                    return
+                continue
+            # Resume at a low-water mark, not at the first free slot: a thread hop per freed
+            # slot around a full queue would cost more than the messages.
+            if ledger.low:
+                subscriber.resume()
+            payloads = [_text_payload(m.data()) for m in batch]
+            if self.client_mode:
+                first = ledger.sent + 1
+                payloads = [envelope(first + i, p) for i, p in enumerate(payloads)]
             # The write is shielded: a drain that cancelled it halfway would leave a half
             # frame on the wire and these messages neither delivered nor undelivered. Once
-            # something asks the writer to stop, the write gets a deadline (_bound_writes).
-            with trio.CancelScope(shield=True, deadline=self._write_deadline) as scope:
+            # intake ends the write gets a deadline (intake_stopping), and force_now cuts it.
+            with conn.deadlines.within(math.inf, shield=True) as scope:
                 self._write_scope = scope
                 written = await ws.send_texts(payloads)
             self._write_scope = None
             if scope.cancelled_caught:
                 await ws.abort()  # a half-written frame: the stream is unusable
             if not written or scope.cancelled_caught:
-                subscriber.unget(messages)  # not known to be written: nacked by the drain
+                ledger.unget(batch)  # not known to be written: nacked by the drain
+                conn.report_ending(Ending.PEER_LOST)
                 return
-            count = len(messages)
-            subscriber.delivered(count)
-            self._exported.inc(count)
-            if client_mode:
-                self.inflight.extend(zip(range(self.sent + 1, self.sent + count + 1),
-                                         messages, strict=True))
-            else:
-                subscriber.ack(messages)
-            self.sent += count
-            if end is not None and not self._end_seen:
-                # Seen the end entry (delivery order may differ from topic order: redeliveries).
-                self._end_seen = any(_position(m.message_id()) >= end for m in messages)
-            if self._end_seen and self._backlog_delivered():
-                # The rest of a batched entry may still be on its way from the receiving
-                # thread (the broker's last id names the entry, not its last message): give
-                # it END_QUIET_PERIOD to show up before calling the backlog delivered.
-                with trio.move_on_after(END_QUIET_PERIOD):
-                    await subscriber.wait_arrival()
-                if subscriber.queue:
-                    continue
-                # until=end: the backlog is delivered; with ack=client, wait for its acks.
-                while self.inflight:
-                    self._acked = trio.Event()
-                    await self._acked.wait()
-                self._reached_end = True
-                return
+            _, to_ack = ledger.delivered_batch(batch)
+            self._exported.inc(len(batch))
+            if to_ack:
+                self._ack(to_ack)
 
-    def _backlog_delivered(self) -> bool:
-        # Called once the end entry was delivered. Positions compare as (ledger, entry): a
-        # batched entry holds several messages, and the broker's last id names the entry
-        # (batch index -1), not its last message. The backlog is delivered once nothing of it
-        # is still queued, nor dropped by backpressure and waiting for its redelivery.
-        end = self._end_id
-        subscriber = self.subscriber
-        return not any(_position(m.message_id()) <= end for m in subscriber.queue) and not any(
-            key[:2] <= end for key in subscriber.owed
-        )
+    def intake_stopping(self) -> None:
+        """Intake is ending: a write in progress gets the grace period to finish."""
+        scope = self._write_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline,
+                                 trio.current_time() + self.settings.socket_grace_period)
+
+    def _ack(self, messages: list[Any]) -> None:
+        self.subscriber.ack(messages)
+        self._acknowledged.inc(len(messages))
+
+    # -------------------------------------------------------- client reader
 
     async def _read_client(self) -> None:
-        ws = self.ws
+        conn, ws, ledger = self.conn, self.conn.ws, self.ledger
         while True:
-            frame = await ws.receive_frame()
+            try:
+                frame = await ws.receive_frame()
+            except InvalidMessage as exc:  # not UTF-8
+                await ws.send_text(error_frame(ErrorCode.INVALID_ACK, exc.detail))
+                continue
             if frame is None:
-                # The client closed (its close frame is held) or the socket is gone.
-                self._bound_writes(self.settings.socket_grace_period)
-                self.intake_scope.cancel(reason="client closed")
+                self.intake_stopping()
+                conn.report_ending(ws.ending())
+                self._wake.set()
                 return
             try:
-                self._apply_ack(frame)
+                acked = ledger.apply_ack(frame)
             except InvalidAck as exc:
-                await ws.send_json({"error": {"code": InvalidAck.code, "detail": str(exc)}})
+                await ws.send_text(error_frame(ErrorCode.INVALID_ACK, str(exc)))
+                continue
+            if acked:
+                self._ack(acked)
+            self._wake.set()
 
-    def _apply_ack(self, frame: str | bytes) -> None:
-        if not self.client_mode:
-            raise InvalidAck("ack=auto: this connection expects no frames from the client")
+    # -------------------------------------------------------------- drain
+
+    async def drain(self) -> None:
+        """Stop receiving, nack what was not delivered (or not acked), conclude."""
+        conn, ledger, machine = self.conn, self.ledger, self.machine
+        machine.drain()
+        ledger.close_intake()
         try:
-            obj = json.loads(frame)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidAck(f"not JSON: {exc}") from None
-        if type(obj) is not dict or "ack" not in obj:
-            raise InvalidAck('expected {"ack": N}')
-        n = obj["ack"]
-        if type(n) is not int:
-            raise InvalidAck(f"ack must be an integer, got {json.dumps(n)[:40]}")
-        if n < self.client_acked:
-            raise InvalidAck(f"ack {n} goes backwards: already acked {self.client_acked}")
-        if n > self.sent:
-            raise InvalidAck(f"ack {n} is beyond the last seq sent ({self.sent})")
-        inflight = self.inflight
-        acked = []
-        while inflight and inflight[0][0] <= n:
-            acked.append(inflight.popleft()[1])
-        if acked:
-            self.subscriber.ack(acked)
-        self.client_acked = n
-        self._acked.set()
+            with conn.deadlines.within(self.settings.subscriber_drain_timeout):
+                await self.subscriber.stop_receiving()
+            undelivered = ledger.settle_queued()
+            if undelivered:
+                self._nack(undelivered, self._nacked_end)
+            if ledger.inflight and conn.machine.client_may_ack:
+                # CONTRACT §4: a server drain gives the client until the deadline to ack.
+                with conn.deadlines.within(self.settings.subscriber_drain_timeout):
+                    while ledger.inflight and conn.machine.client_may_ack:
+                        await self._wait_news()
+            undelivered, unacked = ledger.settle_remaining()
+            if undelivered or unacked:
+                self._nack(undelivered + unacked, self._nacked_end)
+        finally:
+            self._concluded = True
+            machine.conclude()
 
-    async def _receive(self) -> None:
-        try:
-            await self.subscriber.serve_receiving()
-        except BrokerError as exc:
-            LOGGER.error("export stopped: %s", exc, extra=self.log_fields)
-            self.error_code = 1011
-            self.intake_scope.cancel(reason="broker error")
+    async def finish(self) -> None:
+        """An until=end dump that delivered its backlog says so: ``{"end": true}``."""
+        if self.conn.machine.complete:
+            await self.conn.ws.send_text(END_FRAME)
 
-    async def _drain(self) -> None:
-        subscriber = self.subscriber
-        subscriber.pause()
-        await subscriber.stop_receiving()
-        subscriber.settle_remaining()
-        if (self.client_mode and self.inflight and self.server_draining
-                and self.ws.is_open and not self.ws.client_closed.is_set()):
-            # CONTRACT §4: a server drain gives the client until the deadline to ack.
-            with trio.move_on_at(self.drain_deadline(self.settings.subscriber_drain_timeout)):
-                while self.inflight and self.ws.is_open:
-                    self._acked = trio.Event()
-                    await self._acked.wait()
-        while self.inflight:
-            subscriber.nack_delivered(self.inflight.popleft()[1])
-        subscriber.settle_remaining()  # messages that arrived while we waited
-        subscriber.finish(graceful=True)
-
-    async def _forced(self) -> None:
-        # The supervisor's deadline cut the run short: nack what we hold, close with 1011.
-        subscriber = self.subscriber
-        if not subscriber.machine.is_final:
-            subscriber.pause()
-            await subscriber.stop_receiving()
-            subscriber.settle_remaining()
-            while self.inflight:
-                subscriber.nack_delivered(self.inflight.popleft()[1])
-        # The socket first: closing the consumer is a broker round trip a stuck broker can
-        # stretch to its timeout, and the client should not wait for it.
-        await self.close_forced(self.machine)
-        await subscriber.aclose()
-
-
-
-def _position(message_id: Any) -> tuple[int, int]:
-    """A message id's (ledger, entry): its place in the topic, batch index aside."""
-    return (message_id.ledger_id(), message_id.entry_id())
+    async def aclose(self) -> None:
+        """Close the consumer (or delete a fresh subscription)."""
+        await self.subscriber.aclose()
 
 
 def _text_payload(data: bytes) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import email.utils
 import hmac
 import http
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,116 +23,15 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.trio.server import ServerConnection
 
-from quiesce.actors.connection import GatewayConnection
 from quiesce.actors.metrics import CONTENT_TYPE_LATEST
-from quiesce.core.config import BACKPRESSURE
-from quiesce.core.errors import RouteError
+from quiesce.actors.websocket import GatewayConnection
+from quiesce.core.errors import BadRequest, RouteError
+from quiesce.core.routes import API_PREFIX, resolve_route
 
 if TYPE_CHECKING:
     from quiesce.actors.metrics import Metrics
     from quiesce.core.config import Settings
     from quiesce.machines.supervisor import SupervisorMachine
-
-API_PREFIX = "/api/v1/flow/"
-DIRECTIONS = ("import", "export")
-
-
-@dataclass(frozen=True)
-class Route:
-    """A WebSocket request resolved to what the connection actor needs.
-
-    Attributes:
-        direction: ``import`` or ``export``.
-        flow, kind, topic: where the data goes or comes from.
-        receipts: import: send ``{"ack": N}`` receipts.
-        subscription: export: the subscription name, or None for a fresh one per connection.
-        position: export: where a new named subscription starts (``latest``/``earliest``).
-        ack_mode: export: ``auto`` or ``client``.
-        window: export, ack=client: unacked frames in flight.
-        backpressure: export: ``block``, ``drop_oldest`` or ``drop_new``.
-        until_end: export: stop after the backlog present at connect time (``until=end``).
-    """
-
-    direction: str
-    flow: str
-    kind: str
-    topic: str
-    receipts: bool = False
-    subscription: str | None = None
-    position: str = "latest"
-    ack_mode: str = "auto"
-    window: int = 1000
-    backpressure: str = "block"
-    until_end: bool = False
-
-
-class BadRequest(Exception):
-    """A query parameter with a value the route cannot use (HTTP 400)."""
-
-
-def _one(query: dict[str, list[str]], name: str, default: str) -> str:
-    values = query.get(name)
-    if not values:
-        return default
-    return values[-1]
-
-
-def _choice(query: dict[str, list[str]], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _one(query, name, default)
-    if value not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got '{value[:40]}'")
-    return value
-
-
-def _bool(query: dict[str, list[str]], name: str) -> bool:
-    value = _one(query, name, "false").lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no", ""):
-        return False
-    raise BadRequest(f"{name} must be true or false, got '{value[:40]}'")
-
-
-def resolve_route(path: str, settings: Settings) -> Route:
-    """Turn a request path (with its query string) into a ``Route``.
-
-    Raises:
-        RouteError: unknown path, direction, flow or kind (HTTP 404).
-        BadRequest: a query parameter has a bad value (HTTP 400).
-    """
-    parts = urlsplit(path)
-    if not parts.path.startswith(API_PREFIX):
-        raise RouteError(f"no such path '{parts.path[:80]}'")
-    pieces = parts.path[len(API_PREFIX):].split("/")
-    if len(pieces) != 3 or pieces[1] not in DIRECTIONS:
-        raise RouteError(
-            f"no such path '{parts.path[:80]}': "
-            f"expected {API_PREFIX}{{flow}}/import|export/{{kind}}"
-        )
-    flow, direction, kind = pieces
-    topic = settings.topic_for(flow, kind)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    if direction == "import":
-        return Route("import", flow, kind, topic, receipts=_bool(query, "receipts"))
-    window_text = _one(query, "window", str(settings.export_window))
-    if not window_text.isdigit() or not 1 <= int(window_text) <= 1_000_000:
-        raise BadRequest(
-            f"window must be an integer between 1 and 1000000, got '{window_text[:40]}'"
-        )
-    subscription = _one(query, "subscription", "") or None
-    if subscription is not None and (len(subscription) > 200 or not subscription.isprintable()):
-        raise BadRequest("subscription must be 1 to 200 printable characters")
-    until = _choice(query, "until", "", ("", "end"))
-    return Route(
-        "export", flow, kind, topic,
-        subscription=subscription,
-        position=_choice(query, "position", "latest", ("latest", "earliest")),
-        ack_mode=_choice(query, "ack", "auto", ("auto", "client")),
-        window=int(window_text),
-        backpressure=_choice(query, "backpressure", settings.default_backpressure, BACKPRESSURE),
-        until_end=until == "end",
-    )
-
 
 def _token_ok(request: Request, query: str, secret: str) -> bool:
     expected = secret.encode()

@@ -1,205 +1,245 @@
-"""The import connection actor: WebSocket frames in, Pulsar messages out, receipts back.
+"""The import worker: WebSocket frames in, Pulsar messages out, receipts back.
 
-Theory of operation. Three things run per connection, in one nursery:
+Theory of operation. Per connection, two tasks and one ledger:
 
-- the *reader* (``_read_frames``) takes a permit from the publisher (at most
-  ``publisher_max_queue_size`` frames unconfirmed), then one frame; it numbers the frame,
-  validates it and hands it to the producer, or settles it at once with an error frame.
-  Awaiting happens only where no frame is held, so cancelling the reader — the first step of
-  every drain — can never lose a received frame.
-- the publisher's confirmations arrive in batches through ``_settled`` and advance the
-  *watermark*: the highest N such that frames 1..N are all settled.
-- the *sender* (``_send_receipts``) writes error frames, then ``{"ack": watermark}``. Taking
-  the watermark before sending the error frames queued up to that moment guarantees that an
-  ack never covers a rejected frame whose error frame has not been sent.
+- ``take`` (the intake) waits until fewer than ``publisher_max_queue_size`` frames are in
+  flight, then reads one frame; it numbers it in the ``ReceiptLedger``, validates it and
+  hands it to the producer, or rejects it at once (an error frame is owed). Awaiting
+  happens only where no frame is held, so cancelling intake — the first step of every
+  drain — can never lose a received frame.
+- the producer's confirmations arrive in batches (``_settled``) and settle frames in the
+  ledger, which advances the watermark and counts consecutive failures.
+- the receipt sender (``_send_receipts``, a background task) writes what the ledger says is
+  owed: error frames first, then ``{"ack": watermark}`` (see ``ReceiptLedger.take_flush``
+  for why that order keeps receipts honest), coalesced every ``RECEIPT_INTERVAL``.
 
-End of a connection, whatever the cause (client close frame, lost TCP, server drain):
-stop the reader → drain the publisher (bounded) → stop the sender after a last flush (the
-final ack) → the connection machine's ``close`` (or, past the deadline, ``force``) → answer
-the close handshake.
+``drain`` waits (within ``publisher_drain_timeout`` and the server's deadline) for every
+frame to be settled and concludes the worker's machine; ``finish`` has the sender flush once
+more — the final receipt — and logs the connection's summary.
+
+Refusals are logged, not only counted: most TrustGraph clients never read replies, so the
+first rejected frame of a connection is logged with its detail, later ones as a running
+count at most every ``REJECTION_LOG_INTERVAL``, and the close logs received, persisted and
+rejected.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+from typing import TYPE_CHECKING
 
 import trio
 
 from quiesce.actors._observe import TransitionLog
-from quiesce.actors.connection import ConnectionActor, GatewayConnection, Services
 from quiesce.actors.publisher import Publisher
 from quiesce.core.errors import BrokerError, InvalidMessage
+from quiesce.core.protocol import ErrorCode, ack_frame, error_frame
 from quiesce.core.wire import validate
-from quiesce.machines.connection import ConnectionMachine
+from quiesce.machines.receipts import ReceiptLedger
+from quiesce.machines.worker import WorkerMachine
+
+if TYPE_CHECKING:
+    from quiesce.actors.connection import ConnectionActor
 
 LOGGER = logging.getLogger("quiesce.import")
 
 # Receipts are coalesced: after sending one, the sender lets this much time pass before the
 # next, so a fast stream gets a few hundred acks a second instead of one per broker batch.
 RECEIPT_INTERVAL = 0.005
+# After the first rejected frame of a connection, at most one log line per this many seconds.
+REJECTION_LOG_INTERVAL = 5.0
 
 BINARY_DETAIL = "binary frames are not supported: send each message as a JSON text frame"
 
 
-class ImportActor(ConnectionActor):
-    """One import WebSocket, its publisher and its connection machine."""
+class ImportWorker:
+    """The import half of a connection: its publisher, receipt ledger and receipt sender."""
 
-    direction = "import"
+    name = "publisher"
 
-    def __init__(self, ws: GatewayConnection, services: Services) -> None:
-        super().__init__(ws, services)
-        route = self.route
-        self.publisher = Publisher(
-            services.broker, route.topic, route.kind, self.settings, self.metrics,
-            self._settled, self.id,
-        )
-        self.machine = ConnectionMachine(self.publisher.machine, receipts=route.receipts)
-        self.machine.observe(TransitionLog(LOGGER, "connection", self.id,
-                                                direction="import", **self.log_fields))
-        self.watermark = 0
-        self._ahead: set[int] = set()
-        self._errors: deque[dict[str, object]] = deque()
-        self._dirty = trio.Event()
-        self._closing = False
-        self._consecutive_failures = 0
-        self._stop_requested = trio.Event()
+    def __init__(self, conn: ConnectionActor) -> None:
+        self.conn = conn
+        route, settings = conn.route, conn.settings
+        self.settings = settings
+        self.ledger = ReceiptLedger(receipts=route.receipts,
+                                    failure_cap=settings.max_consecutive_errors)
+        self.machine = WorkerMachine(self.ledger)
+        self.machine.observe(TransitionLog(LOGGER, "publisher", conn.id, topic=route.topic,
+                                           **conn.log_fields))
+        self.publisher = Publisher(conn.services.broker, route.topic, settings, self._settled)
+        self._limit = settings.publisher_max_queue_size
+        self._room = trio.Event()  # set when a frame in flight settles
+        self._news = trio.Event()  # set when the ledger owes the client something
+        self._stop_sender = trio.Event()
         self._sender_done = trio.Event()
-        self._rejected = {
-            code: self.metrics.rejected.labels(route.kind, code)
-            for code in ("invalid-message", "unsupported-frame", "publish-failed")
-        }
+        self._last_words = False
+        self._concluded = False
+        self._capacity_counted = False
+        self._next_rejection_log = 0.0
+        metrics = conn.metrics
+        self._imported = metrics.imported.labels(route.kind)
+        self._rejected = {code: metrics.rejected.labels(route.kind, code)
+                          for code in (ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_FRAME,
+                                       ErrorCode.PUBLISH_FAILED)}
 
-    async def run(self) -> None:
-        """Serve the connection until its socket is closed (see the module docstring)."""
-        machine = self.machine
-        machine.open()
-        with self.run_scope:
-            try:
-                await self.publisher.open()
-            except BrokerError as exc:
-                LOGGER.error("import cannot start: %s", exc, extra=self.log_fields)
-                self._errors.append({"error": {"code": "broker-unavailable", "detail": str(exc)}})
-                self._dirty.set()
-                self.error_code = 1011
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_receipts)
-                if self.publisher.is_open:
-                    with self.intake_scope:
-                        await self._read_frames()
-                started = trio.current_time()
-                machine.drain()
-                await self.publisher.drain(
-                    self.drain_deadline(self.settings.publisher_drain_timeout)
-                )
-                await self._stop_sender(self.drain_deadline(self.settings.socket_grace_period))
-                nursery.cancel_scope.cancel(reason="sender outlived its deadline")
-            if not self.ws.is_open:
-                machine.peer_lost()
-            await self.close_socket(machine, started, self.error_code)
-            await self.publisher.aclose()
-        if self.run_scope.cancelled_caught:
-            await self._forced()
+    @property
+    def depth(self) -> int:
+        """Frames handed to the producer and not yet confirmed."""
+        return self.ledger.in_flight
 
-    async def _forced(self) -> None:
-        # The supervisor's deadline cut the run short, wherever it was.
-        if not self.publisher.machine.is_final:
-            self.publisher.machine.abandon()
-        await self.close_forced(self.machine)
-        await self.publisher.aclose()
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Start the receipt sender, then create the producer.
 
-    async def _read_frames(self) -> None:
-        ws, publisher, machine = self.ws, self.publisher, self.machine
-        kind = self.route.kind
+        Raises:
+            BrokerError: no producer; a ``broker-unavailable`` error frame is owed.
+        """
+        nursery.start_soon(self.conn.guard, self._send_receipts, "receipt sender")
+        try:
+            await self.publisher.open()
+        except BrokerError as exc:
+            self.ledger.error(ErrorCode.BROKER_UNAVAILABLE, str(exc))
+            self._news.set()
+            raise
+        self.conn.metrics.publisher_queue_capacity.inc(self._limit)
+        self._capacity_counted = True
+
+    async def take(self) -> None:
+        """Read, number, validate and publish frames until the client's stream ends."""
+        conn, ws, ledger, publisher = self.conn, self.conn.ws, self.ledger, self.publisher
+        kind, limit = conn.route.kind, self._limit
         while True:
-            await publisher.wait_capacity()
+            while ledger.in_flight >= limit:
+                self._room = trio.Event()
+                await self._room.wait()
             try:
                 frame = await ws.receive_frame()
             except InvalidMessage as exc:
-                publisher.release_capacity()
-                self._reject(machine.receive_frame(), exc.code, exc.detail)
+                self._reject(ledger.receive(), exc.code, exc.detail)
                 continue
-            except BaseException:
-                publisher.release_capacity()
-                raise
             if frame is None:
-                publisher.release_capacity()
+                conn.report_ending(ws.ending())
                 return
-            seq = machine.receive_frame()
+            seq = ledger.receive()
             if type(frame) is str:
                 try:
                     validate(kind, frame)
                 except InvalidMessage as exc:
-                    publisher.release_capacity()
                     self._reject(seq, exc.code, exc.detail)
                     continue
+                ledger.publish()
                 publisher.publish_nowait(seq, frame.encode())
             else:
-                publisher.release_capacity()
-                self._reject(seq, "unsupported-frame", BINARY_DETAIL)
+                self._reject(seq, ErrorCode.UNSUPPORTED_FRAME, BINARY_DETAIL)
 
-    def _reject(self, seq: int, code: str, detail: str) -> None:
-        self.machine.reject_frame()
+    def _reject(self, seq: int, code: ErrorCode, detail: str) -> None:
+        self.ledger.reject(seq, code, detail)
         self._rejected[code].inc()
-        self._errors.append({"error": {"seq": seq, "code": code, "detail": detail}})
-        self._settle(seq)
-        self._dirty.set()  # the error frame goes out now, even if the watermark waits
+        self._news.set()  # the error frame goes out now, even if the watermark waits
+        self._log_rejection(seq, code, detail)
 
-    def _settled(self, seq: int, failure: str | None) -> None:
-        if failure is None:
-            self._consecutive_failures = 0
-            self._settle(seq)
+    def _log_rejection(self, seq: int, code: ErrorCode, detail: str) -> None:
+        now = trio.current_time()
+        if now < self._next_rejection_log:
             return
-        self._reject(seq, "publish-failed", failure)
-        self._consecutive_failures += 1
-        if self._consecutive_failures == self.settings.max_consecutive_errors:
-            # The spec's cap on consecutive send errors: stop taking frames, drain, 1011.
-            LOGGER.error("closing after %d consecutive publish failures",
-                         self._consecutive_failures, extra=self.log_fields)
-            self.error_code = 1011
-            self.intake_scope.cancel(reason="too many consecutive publish failures")
+        first = self.ledger.rejected == 1
+        LOGGER.warning(
+            "%s frame %d rejected (%s: %s); %d rejected so far",
+            "first" if first else "latest", seq, code, detail[:200], self.ledger.rejected,
+            extra={**self.conn.log_fields, "seq": seq, "code": str(code),
+                   "rejected": self.ledger.rejected},
+        )
+        self._next_rejection_log = now + REJECTION_LOG_INTERVAL
 
-    def _settle(self, seq: int) -> None:
-        if seq != self.watermark + 1:
-            self._ahead.add(seq)
+    def _settled(self, batch: list[tuple[int, str | None]]) -> None:
+        if self._concluded:
+            # Late news for a publisher that gave up at its deadline: those frames were
+            # never receipted, so the client resends them anyway.
             return
-        ahead = self._ahead
-        while seq + 1 in ahead:
-            seq += 1
-            ahead.remove(seq)
-        self.watermark = seq
-        self._dirty.set()
+        ledger = self.ledger
+        persisted = 0
+        for seq, failure in batch:
+            if failure is None:
+                ledger.confirm(seq)
+                persisted += 1
+                continue
+            self._rejected[ErrorCode.PUBLISH_FAILED].inc()
+            self._log_rejection(seq, ErrorCode.PUBLISH_FAILED, failure)
+            if ledger.fail(seq, failure):
+                # The spec's cap on consecutive send errors: stop taking frames, drain, 1011.
+                LOGGER.error("closing after %d consecutive publish failures",
+                             ledger.consecutive_failures, extra=self.conn.log_fields)
+                self.conn.report_failure("too many consecutive publish failures")
+        self._imported.inc(persisted)
+        self._room.set()
+        self._news.set()
 
     async def _send_receipts(self) -> None:
         # The only task that writes to the socket while the connection runs.
         try:
             while True:
-                await self._dirty.wait()
-                self._dirty = trio.Event()
-                closing = self._closing  # read before the flush: a later stop flushes again
-                if not await self._flush() or closing:
+                await self._news.wait()
+                self._news = trio.Event()
+                last_words = self._last_words  # read before the flush: a later stop flushes
+                if not await self._flush() or last_words:
                     return
                 with trio.move_on_after(RECEIPT_INTERVAL):
-                    while not self._closing:  # a stop request ends the pause at once
-                        await self._stop_requested.wait()
+                    await self._stop_sender.wait()  # a stop request ends the pause at once
         finally:
             self._sender_done.set()
 
     async def _flush(self) -> bool:
-        watermark = self.watermark
-        errors = self._errors
-        for _ in range(len(errors)):
-            if not await self.ws.send_json(errors.popleft()):
+        ws, ledger = self.conn.ws, self.ledger
+        owed, ack = ledger.take_flush()
+        for rejection in owed:
+            if not await ws.send_text(error_frame(rejection.code, rejection.detail,
+                                                  rejection.seq)):
                 return False
-        if self.route.receipts and watermark > self.machine.last_ack:
-            if not await self.ws.send_text(f'{{"ack":{watermark}}}'):
+        if ack is not None:
+            if not await ws.send_text(ack_frame(ack)):
                 return False
-            self.machine.record_ack(watermark)
+            ledger.receipted(ack)
         return True
 
-    async def _stop_sender(self, deadline: float) -> None:
-        self._closing = True
-        self._stop_requested.set()
-        self._dirty.set()
-        with trio.move_on_at(deadline):
+    async def drain(self) -> None:
+        """Wait for every frame to be settled (bounded), then conclude the machine."""
+        machine, ledger = self.machine, self.ledger
+        machine.drain()
+        try:
+            with self.conn.deadlines.within(self.settings.publisher_drain_timeout):
+                while not ledger.all_settled():
+                    self._room = trio.Event()
+                    await self._room.wait()
+        finally:
+            self._concluded = True
+            unconfirmed = ledger.in_flight
+            machine.conclude()
+        if not machine.done:
+            self.conn.metrics.publisher_messages_dropped.labels(self.conn.route.kind).inc(
+                unconfirmed)
+
+    async def finish(self) -> None:
+        """Send the final receipt (and any error frame still owed), then log the summary."""
+        self._last_words = True
+        self._stop_sender.set()
+        self._news.set()
+        with self.conn.deadlines.within(self.settings.socket_grace_period):
             await self._sender_done.wait()
+        ledger = self.ledger
+        level = logging.WARNING if ledger.rejected or not self.machine.done else logging.INFO
+        LOGGER.log(
+            level, "import closed: %d frames received, %d persisted, %d rejected, %d receipted",
+            ledger.received, ledger.persisted, ledger.rejected, ledger.acked,
+            extra={**self.conn.log_fields, "received": ledger.received,
+                   "persisted": ledger.persisted, "rejected": ledger.rejected,
+                   "receipted": ledger.acked},
+        )
+
+    def intake_stopping(self) -> None:
+        """Nothing to bound: the reader holds no frame across an await."""
+
+    async def aclose(self) -> None:
+        """Close the producer."""
+        if self._capacity_counted:
+            self.conn.metrics.publisher_queue_capacity.dec(self._limit)
+            self._capacity_counted = False
+        await self.publisher.aclose()

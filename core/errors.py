@@ -5,6 +5,7 @@ Hierarchy::
     QuiesceError
     ├── ConfigError          a setting is missing, malformed or out of range (CLI exits 2)
     ├── RouteError           a request names an unknown flow or kind (HTTP 404)
+    ├── BadRequest           a request's query parameter has a bad value (HTTP 400)
     ├── InvalidMessage       a client frame breaks the wire format (error frame, code
     │                        ``invalid-message``; the connection stays open)
     ├── InvalidAck           an export client's ack is malformed or out of range (error
@@ -17,6 +18,8 @@ frame; ``RouteError.status`` the HTTP status.
 """
 
 from __future__ import annotations
+
+from quiesce.core.protocol import ErrorCode
 
 
 class QuiesceError(Exception):
@@ -33,6 +36,12 @@ class RouteError(QuiesceError):
     status = 404
 
 
+class BadRequest(QuiesceError):
+    """A query parameter with a value the route cannot use."""
+
+    status = 400
+
+
 class InvalidMessage(QuiesceError):
     """A client frame that quiesce will not publish.
 
@@ -41,7 +50,7 @@ class InvalidMessage(QuiesceError):
         code: the error frame's ``code``: ``invalid-message`` or ``unsupported-frame``.
     """
 
-    def __init__(self, detail: str, code: str = "invalid-message") -> None:
+    def __init__(self, detail: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> None:
         super().__init__(detail)
         self.detail = detail
         self.code = code
@@ -50,7 +59,7 @@ class InvalidMessage(QuiesceError):
 class InvalidAck(QuiesceError):
     """An export client's ``{"ack": N}`` frame that quiesce cannot apply."""
 
-    code = "invalid-ack"
+    code = ErrorCode.INVALID_ACK
 
 
 class BrokerError(QuiesceError):

@@ -1,27 +1,32 @@
-"""Declared lifecycles: pure python-statemachine classes, no I/O, no Trio, no clock.
+"""Declared lifecycles and ledgers: pure python-statemachine classes and bookkeeping.
 
-Each actor in ``actors/`` owns one of these and is the only code that sends it events.
+No I/O, no Trio, no clock. Each actor in ``actors/`` owns its machine and ledger and is the
+only code that reports facts to them; the machines choose the edges and the actors read
+the outcomes (the close code, forced or graceful, finished or not).
 """
 
 from quiesce.machines._base import Lifecycle
 from quiesce.machines.connection import ConnectionMachine
-from quiesce.machines.publisher import PublisherMachine
-from quiesce.machines.subscriber import SubscriberMachine
+from quiesce.machines.delivery import DeliveryLedger
+from quiesce.machines.receipts import ReceiptLedger, Rejection
 from quiesce.machines.supervisor import SupervisorMachine
+from quiesce.machines.worker import Ledger, WorkerMachine
 
 __all__ = [
     "ALL_MACHINES",
     "ConnectionMachine",
+    "DeliveryLedger",
+    "Ledger",
     "Lifecycle",
-    "PublisherMachine",
-    "SubscriberMachine",
+    "ReceiptLedger",
+    "Rejection",
     "SupervisorMachine",
+    "WorkerMachine",
 ]
 
 # Every machine, in the order the docs present them (diagrams are rendered from this).
 ALL_MACHINES: tuple[type[Lifecycle], ...] = (
     SupervisorMachine,
     ConnectionMachine,
-    PublisherMachine,
-    SubscriberMachine,
+    WorkerMachine,
 )

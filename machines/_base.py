@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from statemachine import StateChart
+from statemachine import State, StateChart
+from statemachine.transition_list import TransitionList
 
 
 class Lifecycle(StateChart[Any]):
@@ -34,3 +35,14 @@ class Lifecycle(StateChart[Any]):
     def is_final(self) -> bool:
         """True once a final state has been entered."""
         return any(state.final for state in self.configuration)
+
+
+def stays(state: State, on: str | None = None) -> TransitionList:
+    """Declare that an event is legal in ``state`` and keeps it there (an internal transition).
+
+    This is how a machine says "this fact may arrive here, and changes nothing but what
+    ``on`` records": the actor never has to probe the state before reporting it.
+    """
+    kwargs = {"internal": True} if on is None else {"internal": True, "on": on}
+    result: TransitionList = state.to.itself(**kwargs)  # type: ignore[no-untyped-call]
+    return result

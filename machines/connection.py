@@ -1,115 +1,166 @@
-"""Lifecycle of one WebSocket connection, and the rule that holds its close until drained.
+"""Lifecycle of one WebSocket connection: what ends it, and how it closes.
 
-Theory of operation::
+Theory of operation. The actor reports *facts* as events; the machine chooses the edge and
+records what the close must be::
 
-    handshake --open--> running --drain--> draining
-    draining --close [worker stopped, receipts sent]--> closing --finish--> closed
-    handshake --reject--> closed                      (HTTP error at the handshake)
-    draining --force--> closing                       (the deadline passed: close code 1011)
+    opening --opened [no drain requested]--> running
+    opening --opened [drain requested]-----> draining
+    opening --open_failed--> draining                      (no producer/consumer: 1011)
+    running --client_closed | peer_lost | frame_too_big | failed
+              | server_drain | finished--> draining
+    running | draining --deadline--> draining          (the supervisor's deadline passed)
+    draining --drained [worker done, client informed, no deadline]--> closing   (graceful)
+    draining --drained [otherwise]--> closing                      (forced: 1011)
+    closing --socket_closed--> closed                  (socket and producer/consumer closed)
 
-A connection owns one worker machine: a ``PublisherMachine`` (import) or a
-``SubscriberMachine`` (export). Whatever ends a connection — the client's close frame, a TCP
-abort, a server drain, an error — first takes ``drain``, which passes to the worker. The
-graceful ``close`` edge is guarded by ``drained``: the worker has reached ``stopped`` (every
-frame confirmed by the broker, or every message taken acked or nacked) and, on an import with
-receipts, the last ``{"ack": N}`` sent covers every frame received (unless the client is gone:
-``peer_lost``). ``force`` is the only
-other way into ``closing``, and the actor takes it only when the drain deadline has passed;
-``forced`` then records it so the close code is 1011 and the forced shutdown is counted.
+Facts that may arrive again while draining (the client's close, a lost peer, another
+failure, a server drain) are declared as internal transitions there, and so are those a
+background task may still report while the socket is closing (they change nothing then):
+reporting a fact is always legal and never probed for. ``drained`` is the fact "the
+worker's drain and the last words to the client are over, by completion or by deadline";
+the machine takes the graceful edge only when the worker stopped with everything settled,
+the client was told everything it is owed (unless the peer is gone) and no shutdown
+deadline cut the drain (``deadline``). A close counts as forced exactly when it took the
+other edge.
 
-Frame and receipt counts are attributes (``receive_frame``, ``record_ack``): they change once
-per message, the lifecycle a handful of times per connection.
+Outcomes read by the actor: ``intake_open``, ``close_code`` (None: answer the client's own
+close frame with its code), ``forced``, and ``client_may_ack`` (a server drain with the
+client still there: an ``ack=client`` export waits for its acks).
 """
 
 from __future__ import annotations
 
 from statemachine import State
 
-from quiesce.machines._base import Lifecycle
-from quiesce.machines.publisher import PublisherMachine
-from quiesce.machines.subscriber import SubscriberMachine
+from quiesce.core.protocol import CloseCode
+from quiesce.machines._base import Lifecycle, stays
+from quiesce.machines.worker import WorkerMachine
 
 
 class ConnectionMachine(Lifecycle):
-    """handshake → running → draining → closing → closed; ``force`` is the deadline's edge."""
+    """opening → running → draining → closing → closed; ``drained`` chooses graceful/forced."""
 
-    handshake = State(initial=True)
+    opening = State(initial=True)
     running = State()
     draining = State()
     closing = State()
     closed = State(final=True)
 
-    open = handshake.to(running)
-    reject = handshake.to(closed)
-    drain = running.to(draining)
-    close = draining.to(closing, cond="drained")
-    force = draining.to(closing, on="mark_forced")
-    finish = closing.to(closed)
+    opened = opening.to(draining, cond="stop_requested") | opening.to(running)
+    open_failed = opening.to(draining, on="note_failure")
+    client_closed = (
+        running.to(draining, on="note_client_closed")
+        | stays(draining, on="note_client_closed")
+        | stays(closing)
+    )
+    peer_lost = (
+        running.to(draining, on="note_peer_lost")
+        | stays(draining, on="note_peer_lost")
+        | stays(closing)
+    )
+    frame_too_big = running.to(draining, on="note_too_big")
+    failed = (
+        running.to(draining, on="note_failure")
+        | stays(draining, on="note_failure")
+        | stays(closing)
+    )
+    finished = running.to(draining, on="note_finished")
+    server_drain = (
+        stays(opening, on="note_server_drain")
+        | running.to(draining, on="note_server_drain")
+        | stays(draining, on="note_server_drain")
+        | stays(closing, on="note_server_drain")
+    )
+    deadline = (
+        stays(opening, on="note_cut")
+        | running.to(draining, on="note_cut")
+        | stays(draining, on="note_cut")
+        | stays(closing)
+    )
+    drained = draining.to(closing, cond="worker_done") | draining.to(closing, on="note_forced")
+    socket_closed = closing.to(closed)
 
-    def __init__(
-        self, worker: PublisherMachine | SubscriberMachine, *, receipts: bool = False
-    ) -> None:
+    def __init__(self, worker: WorkerMachine) -> None:
         self.worker = worker
-        self.receipts = receipts
-        self.forced = False
-        self.peer_gone = False
-        # Mirrors "running is active" for the per-frame check: reading the configuration
-        # costs microseconds, a bool nanoseconds. Kept by the state's enter/exit callbacks.
-        self.taking_frames = False
-        self.received = 0
-        self.rejected = 0
-        self.last_ack = 0
+        self.stop_requested = False  # the server drains
+        self.client_gone = False  # the client sent its close frame
+        self.peer_gone = False  # the socket is gone: nothing more can be sent
+        self.too_big = False  # a frame over the size limit (the library closed with 1009)
+        self.failure = False  # broker or internal error
+        self.complete = False  # until=end: the backlog was delivered
+        self.cut = False  # the supervisor's shutdown deadline passed
+        self.forced = False  # the close is forced: a deadline cut the drain
         super().__init__()
 
-    def drained(self) -> bool:
-        """Guard of ``close``: the worker stopped and the last receipt covers every frame."""
-        if not self.worker.stopped.is_active:
+    # ----------------------------------------------------------------- guards
+
+    def worker_done(self) -> bool:
+        """Guard of the graceful ``drained``: worker stopped, client told all it is owed, and
+        no shutdown deadline cut the drain short."""
+        if self.cut or not self.worker.done:
             return False
-        return not self.receipts or self.peer_gone or self.last_ack == self.received
+        return self.peer_gone or self.worker.ledger.client_informed()
 
-    def on_enter_running(self) -> None:
-        """Open intake (python-statemachine callback)."""
-        self.taking_frames = True
+    # ------------------------------------------------------------- the facts
 
-    def on_exit_running(self) -> None:
-        """Close intake (python-statemachine callback)."""
-        self.taking_frames = False
+    def note_client_closed(self) -> None:
+        """The client sent its close frame (held until the drain is done)."""
+        self.client_gone = True
 
-    def peer_lost(self) -> None:
-        """Record that the client is gone: no receipt can reach it any more.
-
-        Its frames are still drained to the broker; the close just cannot wait for an ack
-        that has nowhere to go.
-        """
+    def note_peer_lost(self) -> None:
+        """The socket is gone: frames still drain to the broker, but nothing can be sent."""
         self.peer_gone = True
 
-    def mark_forced(self) -> None:
-        """Record that the connection left draining by the deadline's edge."""
+    def note_too_big(self) -> None:
+        """The client sent a frame over the size limit; the library closed with 1009."""
+        self.too_big = True
+        self.peer_gone = True
+
+    def note_failure(self) -> None:
+        """The broker or the actor failed this connection."""
+        self.failure = True
+
+    def note_finished(self) -> None:
+        """An ``until=end`` export delivered its backlog."""
+        self.complete = True
+
+    def note_server_drain(self) -> None:
+        """The server is draining (SIGTERM/SIGINT)."""
+        self.stop_requested = True
+
+    def note_cut(self) -> None:
+        """The supervisor's shutdown deadline passed before this connection closed."""
+        self.cut = True
+
+    def note_forced(self) -> None:
+        """The drain ended without the worker done: the close is forced."""
         self.forced = True
 
-    def receive_frame(self) -> int:
-        """Number the next frame from the client (1, 2, 3 …) and return its sequence number.
+    # -------------------------------------------------------------- outcomes
 
-        Raises:
-            RuntimeError: if the connection no longer takes frames (it is not running).
+    @property
+    def intake_open(self) -> bool:
+        """Outcome: frames or messages are taken in (the connection is running)."""
+        return bool(self.running.is_active)
+
+    @property
+    def client_may_ack(self) -> bool:
+        """Outcome: a server drain, with a client still there to ack what it was sent."""
+        return self.stop_requested and not (self.client_gone or self.peer_gone)
+
+    @property
+    def close_code(self) -> CloseCode | None:
+        """Outcome: the close code to send; None means echo the client's own close frame.
+
+        1011 when forced or failed, 1009 after a frame too big, the client's own code when
+        it closed first, 1001 when the server drains, 1000 otherwise (finished, or done).
         """
-        if not self.taking_frames:
-            raise RuntimeError(f"connection is {self.state}: not taking frames")
-        self.received += 1
-        return self.received
-
-    def reject_frame(self) -> None:
-        """Count a received frame answered with an error frame instead of being published."""
-        self.rejected += 1
-
-    def record_ack(self, seq: int) -> None:
-        """Record that ``{"ack": seq}`` was sent to the client.
-
-        Raises:
-            ValueError: if ``seq`` goes backwards or covers frames not yet received.
-        """
-        if seq < self.last_ack or seq > self.received:
-            raise ValueError(
-                f"ack {seq} must be between {self.last_ack} and {self.received}"
-            )
-        self.last_ack = seq
+        if self.forced or self.failure:
+            return CloseCode.INTERNAL
+        if self.too_big:
+            return CloseCode.TOO_BIG
+        if self.client_gone:
+            return None
+        if self.stop_requested:
+            return CloseCode.GOING_AWAY
+        return CloseCode.DONE

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from quiesce.actors.connection import _text_frame
+from quiesce.actors.websocket import _text_frame
 
 
 @given(st.binary(max_size=70_000))
