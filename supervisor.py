@@ -361,6 +361,8 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     # websockets logs every connection open/close at INFO; ours already say it.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    # pulsar-client logs every producer and consumer it creates at INFO: warnings and up.
+    logging.getLogger("quiesce.pulsar").setLevel(max(logging.WARNING, root.level))
 
 
 def machine_file_stem(machine: type) -> str:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from quiesce.core.config import Settings
 
 LOGGER = logging.getLogger("quiesce.broker")
+# pulsar-client's own log lines (its C++ core, through Python logging).
+PULSAR_LOGGER = logging.getLogger("quiesce.pulsar")
 
 # How long the embedded broker may take to accept TCP connections before start-up fails.
 EMBEDDED_START_TIMEOUT = 15.0
@@ -44,6 +46,28 @@ PROCESS_STOP_TIMEOUT = 5.0
 # Headroom the broker's own frame limit gets over max_message_bytes (the JSON is the payload;
 # Pulsar adds metadata around it).
 BROKER_FRAME_HEADROOM = 64 * 1024
+
+
+class _ExpectedNoise(logging.Filter):
+    """Demote pulsar-client's lines about a normal event to DEBUG.
+
+    ``until=end`` asks an empty topic for its last message id; pulsar-lite answers with an
+    error ("Topic has no messages") that the client logs at WARN and ERROR, although quiesce
+    expects it and ends the dump at once. Those lines go to DEBUG; everything else passes.
+    """
+
+    PATTERNS = ("Topic has no messages", "Failed to getLastMessageId: UnknownError")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Demote an expected line (and drop it unless DEBUG is on); pass the rest."""
+        message = record.getMessage()
+        if not any(pattern in message for pattern in self.PATTERNS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return PULSAR_LOGGER.isEnabledFor(logging.DEBUG)
+
+
+PULSAR_LOGGER.addFilter(_ExpectedNoise())
 
 
 @dataclass
@@ -211,7 +235,8 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         client = pulsar.Client(
             url,
             operation_timeout_seconds=30,
-            logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+            # Through Python logging: the process's format (text or JSON) and filters apply.
+            logger=PULSAR_LOGGER,
         )
         try:
             await _probe(client, url)

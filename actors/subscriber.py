@@ -85,6 +85,7 @@ class Subscriber:
         # threads for the whole process would cap the number of export connections).
         self._limiter = trio.CapacityLimiter(1)
         self._receiving = trio.CancelScope()
+        self._receiving_started = False
         self._received_all = trio.Event()
 
     async def open(self) -> None:
@@ -144,6 +145,7 @@ class Subscriber:
         """
         consumer = self._consumer
         assert consumer is not None
+        self._receiving_started = True
         try:
             with self._receiving:
                 while True:
@@ -171,7 +173,9 @@ class Subscriber:
     async def stop_receiving(self) -> None:
         """Stop ``serve_receiving`` and wait for the burst its thread may still bring."""
         self._receiving.cancel(reason="intake stopped")
-        if self._consumer is not None:
+        # Not started yet (or never: the open failed): it will start cancelled and take
+        # nothing, so there is no burst to wait for.
+        if self._receiving_started:
             await self._received_all.wait()
 
     def ack(self, messages: list[Any]) -> None:
