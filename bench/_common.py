@@ -40,7 +40,15 @@ from typing import Any
 import pulsar
 
 from quiesce.core.config import load_settings
-from quiesce.core.wire import sample_message
+
+# The benchmarks run as scripts (`python bench/import_bench.py`), so only bench/ is on
+# sys.path. This is the one place that adds the repository root, after bench/ and before
+# site-packages, so that `tests.data` is this checkout's.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(1, _ROOT)
+
+from tests.data import sample_message  # noqa: E402
 
 __all__ = [
     "BenchFailure",

@@ -8,7 +8,7 @@ Method. One pulsar-lite broker (started here, metrics off, data in a temporary d
 one gateway (``python -m supervisor serve --pulsar-url ...``, a separate process, as in a real
 deployment) serve every measurement. For each repetition a topic that did not exist before
 (``persistent://tg/flow/triples:{flow}``, the gateway's own naming rule) is filled, untimed,
-with N distinct ~1.2 KB triples messages (``json.dumps(core.wire.sample_message("triples",
+with N distinct ~1.2 KB triples messages (``json.dumps(tests.data.sample_message("triples",
 i))``) by a batched ``send_async`` producer; every send must be confirmed. Then the same
 backlog is read three times, each time through a subscription that did not exist before,
 starting at the earliest message:

@@ -7,7 +7,7 @@ Run from the repository root::
 Method. One pulsar-lite broker (started here, metrics off, data in a temporary directory) and
 one gateway (``python -m supervisor serve --pulsar-url ...``, a separate process, as in a real
 deployment) serve every measurement. Each measurement writes N distinct ~1.2 KB triples frames
-(``json.dumps(core.wire.sample_message("triples", i))``) to a topic that did not exist before:
+(``json.dumps(tests.data.sample_message("triples", i))``) to a topic that did not exist before:
 
 * ``raw send_async``: this process's own ``pulsar.Client``, an unbatched producer
   (``batching_enabled=False``, ``block_if_queue_full=True``, ``send_timeout_millis=0``,

@@ -18,9 +18,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
 from quiesce.core.config import Settings
-from quiesce.core.wire import sample_message
 from quiesce.supervisor import Supervisor
 from tests.conftest import http_get, read_topic, start_gateway, ws_url
+from tests.data import sample_message
 
 SECRET = "s3cret"
 SHORT = 10.0

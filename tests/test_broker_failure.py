@@ -21,8 +21,8 @@ import pytest
 import trio
 from websockets.trio.client import connect
 
-from quiesce.core.wire import sample_message
 from tests.conftest import read_topic, start_gateway, start_pulsar_lite, stop_process, ws_url
+from tests.data import sample_message
 
 LONG = 60.0
 FRAMES = 600

@@ -24,9 +24,10 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import ClientConnection, connect
 
-from quiesce.core.wire import KINDS, sample_message
+from quiesce.core.wire import KINDS
 from quiesce.supervisor import Supervisor
 from tests.conftest import http_get, start_gateway, ws_url
+from tests.data import sample_message
 
 # Bounds of the waits (generous: they only matter when something is wrong).
 SHORT = 10.0

@@ -31,7 +31,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import ClientConnection, connect
 
 from quiesce.core.config import Settings
-from quiesce.core.wire import sample_message
 from tests.conftest import (
     http_get,
     read_topic,
@@ -40,6 +39,7 @@ from tests.conftest import (
     stop_process,
     ws_url,
 )
+from tests.data import sample_message
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds of the waits (generous: they only matter when something is wrong).
