@@ -1,36 +1,37 @@
 """Shared helpers for quiesce's benchmarks (``import_bench.py``, ``export_bench.py``).
 
-Everything here runs real processes on loopback:
+The processes and clients come from the test harness, ``tests/harness.py`` (one copy for
+tests and benchmarks):
 
-* ``pulsar_lite`` starts the pulsar-lite binary from its PyPI wheel on a free port, with its
-  metrics endpoint disabled and its data in a temporary directory, and stops it on exit;
-* ``gateway`` starts ``python -m supervisor serve`` as a separate process against that broker,
-  waits for its ``ready on http://127.0.0.1:<port>`` log line, keeps draining its stderr (so
-  its logging can never block on a full pipe), and SIGTERMs it on exit;
+* ``rig`` starts a pulsar-lite broker (the harness's ``pulsar_lite``: a free loopback port,
+  metrics endpoint off, data in a temporary directory) and ``python -m quiesce.supervisor
+  serve --port 0`` against it (``gateway_process``: ready once its ``ready on
+  http://127.0.0.1:<port>`` line is logged, its stderr drained by a thread so its logging can
+  never block on a full pipe, SIGTERMed at the end), with a client and a CPU meter;
+* re-exported from the harness: ``publish`` (``send_async`` until every send is confirmed,
+  timed), ``read_topic_counted`` (a topic read back under the harness's one de-duplication
+  rule, whose message identity ``message_key`` the raw consumers use too), ``open_import``
+  (an import WebSocket with receipts), ``ws_url`` and ``import_path``.
+
+Here, for the benchmarks only:
+
 * ``triples_payloads`` builds the ~1.2 KB triples JSON frames the benchmarks send;
 * ``cpu_seconds`` / ``CpuMeter`` read a process's CPU time from ``/proc`` (Linux), to show
   where the machine's cores went during a measurement;
 * ``Stats`` keeps the repeated timings of one measurement and gives best and median;
   ``print_table`` prints a list of them against a baseline (``fmt_cpu`` its CPU column);
-* ``topic_for`` / ``new_flow`` name a fresh flow and its topic by the gateway's own rule.
+* ``topic_for`` / ``new_flow`` name a fresh flow and its topic by the gateway's own rule;
+* ``bench_arguments`` has the command-line options every benchmark has.
 """
 
 from __future__ import annotations
 
-import collections
+import argparse
 import contextlib
-import itertools
 import json
 import os
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,177 +41,52 @@ from typing import Any
 import pulsar
 
 from quiesce.core.config import load_settings
-from quiesce.core.wire import sample_message
+
+# The benchmarks run as scripts (`python bench/import_bench.py`), so only bench/ is on
+# sys.path. This is the one place that adds the repository root, after bench/ and before
+# site-packages, so that `tests.harness` and `tests.data` are this checkout's.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(1, _ROOT)
+
+from tests.data import sample_message  # noqa: E402
+from tests.harness import (  # noqa: E402
+    Broker,
+    GatewayProcess,
+    PublishFailed,
+    gateway_process,
+    import_path,
+    message_key,
+    open_import,
+    publish,
+    pulsar_lite,
+    read_topic_counted,
+    ws_url,
+)
 
 __all__ = [
     "BenchFailure",
     "CpuMeter",
-    "Gateway",
+    "GatewayProcess",
+    "PublishFailed",
+    "Rig",
     "Stats",
+    "bench_arguments",
     "cpu_seconds",
     "fmt_cpu",
-    "free_port",
-    "gateway",
+    "import_path",
+    "message_key",
     "new_flow",
+    "open_import",
     "print_table",
-    "pulsar_lite",
-    "send_all_async",
+    "publish",
+    "read_topic_counted",
+    "rig",
     "timeout_for",
     "topic_for",
     "triples_payloads",
-    "wait_for_port",
+    "ws_url",
 ]
-
-BROKER_START_TIMEOUT = 20.0
-GATEWAY_START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-_READY_RE = re.compile(r"ready on http://127\.0\.0\.1:(\d+)")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
-    """Poll until 127.0.0.1:``port`` accepts a TCP connection.
-
-    Raises:
-        RuntimeError: ``process`` exited first, or ``timeout`` seconds passed.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-@dataclass
-class Broker:
-    """A running pulsar-lite broker.
-
-    Attributes:
-        url: its ``pulsar://127.0.0.1:<port>`` URL.
-        pid: the broker process's id.
-    """
-
-    url: str
-    pid: int
-
-
-@contextlib.contextmanager
-def pulsar_lite() -> Iterator[Broker]:
-    """Start a pulsar-lite broker in a temporary directory; stop it (SIGTERM) on exit."""
-    from pulsar_lite.binary_finder import find_pulsar_lite_binary
-
-    with tempfile.TemporaryDirectory(prefix="quiesce-bench-") as tmp:
-        config = Path(tmp) / "pulsar-lite.toml"
-        config.write_text("[metrics]\nenabled = false\n")
-        port = free_port()
-        log = (Path(tmp) / "broker.log").open("wb")
-        process = subprocess.Popen(
-            [
-                str(find_pulsar_lite_binary()),
-                "--config", str(config),
-                "--addr", f"127.0.0.1:{port}",
-                "--db-path", str(Path(tmp) / "db"),
-                "--log-level", "warn",
-            ],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        try:
-            try:
-                wait_for_port(port, BROKER_START_TIMEOUT, process)
-            except RuntimeError as exc:
-                tail = (Path(tmp) / "broker.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"pulsar-lite did not start: {exc}\n{tail}") from exc
-            yield Broker(url=f"pulsar://127.0.0.1:{port}", pid=process.pid)
-        finally:
-            _stop(process)
-
-
-@dataclass
-class Gateway:
-    """A running gateway process.
-
-    Attributes:
-        port: the port it listens on (127.0.0.1).
-        pid: its process id (for py-spy or ``cpu_seconds``).
-        log_tail: the last lines of its output (stderr and stdout), for diagnostics.
-    """
-
-    port: int
-    pid: int
-    log_tail: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=200)
-    )
-
-    @property
-    def ws_base(self) -> str:
-        """``ws://127.0.0.1:<port>``."""
-        return f"ws://127.0.0.1:{self.port}"
-
-
-@contextlib.contextmanager
-def gateway(pulsar_url: str, *extra_args: str, log_level: str = "info") -> Iterator[Gateway]:
-    """Run ``python -m supervisor serve`` against ``pulsar_url``; SIGTERM it on exit.
-
-    Raises:
-        RuntimeError: it exited or did not log ``ready on ...`` within the start-up timeout.
-    """
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quiesce.supervisor", "serve", "--port", "0",
-         "--pulsar-url", pulsar_url, "--log-level", log_level, *extra_args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    tail: collections.deque[str] = collections.deque(maxlen=200)
-    ready = threading.Event()
-    found: list[int] = []
-
-    def drain_stderr() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            tail.append(line)
-            if not found:
-                match = _READY_RE.search(line)
-                if match:
-                    found.append(int(match.group(1)))
-                    ready.set()
-        ready.set()  # EOF: the process is gone
-
-    reader = threading.Thread(target=drain_stderr, name="gateway-stderr", daemon=True)
-    reader.start()
-    try:
-        if not ready.wait(GATEWAY_START_TIMEOUT) or not found:
-            raise RuntimeError(
-                "gateway did not become ready:\n" + "\n".join(list(tail)[-20:])
-            )
-        yield Gateway(port=found[0], pid=process.pid, log_tail=tail)
-    finally:
-        code = _stop(process)
-        reader.join(5.0)
-        if code not in (0, None):
-            print(f"warning: gateway exited with code {code}", file=sys.stderr)
 
 
 def triples_payloads(n: int, start: int = 0) -> list[str]:
@@ -287,6 +163,19 @@ class Stats:
         """The CPU use of the fastest run."""
         return self.cpu[self.seconds.index(self.best)]
 
+    def summary(self) -> dict[str, Any]:
+        """The figures for a ``--json`` line: every run, best and median, the best run's CPU."""
+        return {
+            "messages": self.messages,
+            "seconds": [round(x, 4) for x in self.seconds],
+            "best_s": round(self.best, 4),
+            "median_s": round(self.median, 4),
+            "best_msg_s": round(self.rate(self.best), 1),
+            "median_msg_s": round(self.rate(self.median), 1),
+            "cpu_s_best_run": {k: None if v is None else round(v, 3)
+                               for k, v in self.best_cpu().items()},
+        }
+
 
 def topic_for(flow: str, kind: str) -> str:
     """The Pulsar topic the gateway uses for ``kind`` on ``flow``.
@@ -341,44 +230,57 @@ def timeout_for(n: int) -> float:
     return 60.0 + n / 200.0
 
 
-def send_all_async(client: pulsar.Client, topic: str, payloads: list[bytes], *,
-                   batching: bool, what: str) -> float:
-    """Send ``payloads`` with ``send_async``; return the seconds until all are confirmed.
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark has: --messages, --repeat, --warmup, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--messages", type=int, default=20_000, help="messages per run (20000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (1)")
+    parser.add_argument("--warmup", type=int, default=1_000,
+                        help="untimed messages through every path first (1000; 0: none)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    return parser
 
-    Raises:
-        BenchFailure: a send failed, or not all were confirmed within ``timeout_for``.
+
+@dataclass
+class Rig:
+    """What every measurement runs on.
+
+    Attributes:
+        broker: the pulsar-lite broker.
+        gateway: the gateway process on it.
+        client: this process's own client on the broker (the raw measurements').
+        meter: CPU seconds of the gateway, the broker and this process.
     """
-    n = len(payloads)
-    producer = client.create_producer(
-        topic,
-        batching_enabled=batching,
-        block_if_queue_full=True,
-        max_pending_messages=max(1000, min(n, 100_000)),
-        send_timeout_millis=0,
-    )
-    done = threading.Event()
-    confirmed = itertools.count(1)
-    failures: list[Any] = []
-    ok = pulsar.Result.Ok
 
-    def callback(result: Any, _msg_id: Any) -> None:
-        if result != ok:
-            failures.append(result)
-        if next(confirmed) == n:
-            done.set()
+    broker: Broker
+    gateway: GatewayProcess
+    client: pulsar.Client
+    meter: CpuMeter
 
-    try:
-        send = producer.send_async
-        start = time.perf_counter()
-        for payload in payloads:
-            send(payload, callback)
-        if batching:
-            producer.flush()
-        if not done.wait(timeout_for(n)):
-            raise BenchFailure(f"{what}: not all {n} confirmed in time")
-        elapsed = time.perf_counter() - start
-    finally:
-        producer.close()
-    if failures:
-        raise BenchFailure(f"{what}: {len(failures)} sends failed, e.g. {failures[0]}")
-    return elapsed
+    def print_log_tail(self) -> None:
+        """Print the gateway's last log lines to stderr (after a failure)."""
+        print("gateway log tail:\n  " + self.gateway.log(15).replace("\n", "\n  "),
+              file=sys.stderr)
+
+
+@contextlib.contextmanager
+def rig() -> Iterator[Rig]:
+    """Start a broker, a gateway process on it and a client; stop them all at the end.
+
+    The gateway logs at ``info`` and sees this environment's ``QUIESCE_*`` settings (so a run
+    can be tuned, and `topic_for` agrees with it). A gateway that did not exit cleanly on
+    SIGTERM is reported on stderr.
+    """
+    with (pulsar_lite() as broker,
+          gateway_process("--log-level", "info", pulsar_url=broker.url,
+                          keep_quiesce_env=True) as gateway):
+        client = pulsar.Client(broker.url, operation_timeout_seconds=30,
+                               logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+        meter = CpuMeter({"gateway": gateway.pid, "broker": broker.pid, "bench": os.getpid()})
+        try:
+            yield Rig(broker, gateway, client, meter)
+        finally:
+            client.close()
+    if gateway.process.returncode not in (0, None):
+        print(f"warning: gateway exited with code {gateway.process.returncode}",
+              file=sys.stderr)

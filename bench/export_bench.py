@@ -2,16 +2,16 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/export_bench.py [--messages N] [--repeat R] [--json]
+    .venv/bin/python bench/export_bench.py [--messages N] [--repeat R] [--json]
 
 Method. One pulsar-lite broker (started here, metrics off, data in a temporary directory) and
-one gateway (``python -m supervisor serve --pulsar-url ...``, a separate process, as in a real
-deployment) serve every measurement. For each repetition a topic that did not exist before
-(``persistent://tg/flow/triples:{flow}``, the gateway's own naming rule) is filled, untimed,
-with N distinct ~1.2 KB triples messages (``json.dumps(core.wire.sample_message("triples",
-i))``) by a batched ``send_async`` producer; every send must be confirmed. Then the same
-backlog is read three times, each time through a subscription that did not exist before,
-starting at the earliest message:
+one gateway (``python -m quiesce.supervisor serve --pulsar-url ...``, a separate process, as
+in a real deployment) serve every measurement. For each repetition a topic that did not exist
+before (``persistent://tg/flow/triples:{flow}``, the gateway's own naming rule) is filled,
+untimed, with N distinct ~1.2 KB triples messages
+(``json.dumps(tests.data.sample_message("triples", i))``) by a batched ``send_async``
+producer; every send must be confirmed. Then the same backlog is read three times, each
+time through a subscription that did not exist before, starting at the earliest message:
 
 * ``raw consume+ack``: this process's own ``pulsar.Client``, a Shared consumer
   (``receiver_queue_size=1000``, as the gateway's), with either a **receive loop**
@@ -39,8 +39,8 @@ A missing end frame or another close code is a failure.
 
 Counting. Messages are counted once each: by message id (ledger, entry, batch index) for the
 raw consumer, by payload for the gateway (the frames carry no id; every payload is distinct).
-pulsar-lite 0.2.0 may hand a consumer the same entries again (see ``read_back`` in
-``import_bench.py``); such duplicates are counted and reported in the ``dups`` column, and do
+pulsar-lite 0.2.0 may hand a consumer the same entries again (see ``read_topic_counted`` in
+``tests/harness.py``); such duplicates are counted and reported in the ``dups`` column, and do
 not count toward throughput. The script exits with status 1 if any message is missing, any
 frame is not one of the payloads, the gateway sends an error frame or no end frame, or a
 measurement times out.
@@ -62,7 +62,6 @@ the frames), so the gateway's figure is also limited by the CPU the others take;
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -77,15 +76,19 @@ import trio
 from _common import (
     BenchFailure,
     CpuMeter,
+    GatewayProcess,
+    PublishFailed,
     Stats,
-    gateway,
+    bench_arguments,
+    message_key,
     new_flow,
     print_table,
-    pulsar_lite,
-    send_all_async,
+    publish,
+    rig,
     timeout_for,
     topic_for,
     triples_payloads,
+    ws_url,
 )
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
@@ -154,12 +157,12 @@ class Delivery:
 # ------------------------------------------------------------------ setup
 
 
-def publish(client: pulsar.Client, topic: str, payloads: list[bytes]) -> float:
+def fill(client: pulsar.Client, topic: str, payloads: list[bytes]) -> float:
     """Publish ``payloads`` with a batched ``send_async`` producer; all must be confirmed.
 
     Returns the seconds it took (for information; the benchmark does not time it).
     """
-    return send_all_async(client, topic, payloads, batching=True, what="publish")
+    return publish(client, topic, payloads, batching=True, timeout=timeout_for(len(payloads)))
 
 
 # ------------------------------------------------------------------ raw pulsar-client
@@ -192,8 +195,7 @@ def raw_receive_loop(client: pulsar.Client, topic: str, index: dict[bytes, int])
             except pulsar.Timeout:
                 break
             acknowledge(msg)
-            mid = msg.message_id()
-            key = (mid.ledger_id(), mid.entry_id(), mid.batch_index())
+            key = message_key(msg)
             if key in seen:
                 duplicates += 1
                 continue
@@ -220,8 +222,7 @@ def raw_listener(client: pulsar.Client, topic: str, index: dict[bytes, int]) -> 
 
     def listener(consumer: Any, msg: Any) -> None:
         consumer.acknowledge(msg)
-        mid = msg.message_id()
-        key = (mid.ledger_id(), mid.entry_id(), mid.batch_index())
+        key = message_key(msg)
         if key in seen:
             counts["duplicates"] += 1
             return
@@ -355,13 +356,13 @@ def _parse(frame: str | bytes) -> Any:
         return None
 
 
-def gateway_export(ws_base: str, flow: str, index: dict[str, int], client_mode: bool,
+def gateway_export(gateway: GatewayProcess, flow: str, index: dict[str, int], client_mode: bool,
                    ack_every: int = 100) -> Delivery:
     """Export the backlog over one WebSocket through a new subscription at the earliest."""
     query = f"subscription={new_flow('gw-sub')}&position=earliest&until=end"
     if client_mode:
         query += f"&ack=client&window={WINDOW}"
-    url = f"{ws_base}/api/v1/flow/{flow}/export/{KIND}?{query}"
+    url = ws_url(gateway, f"/api/v1/flow/{flow}/export/{KIND}?{query}")
     n = len(index)
     return trio.run(_gateway_export, url, index, client_mode, ack_every,
                     timeout_for(n) + END_WAIT_S)
@@ -406,16 +407,11 @@ def _counts_line(name: str, deliveries: list[Delivery], gateway_run: bool, n: in
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if a measurement failed)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="messages per run (20000)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (1)")
-    parser.add_argument("--warmup", type=int, default=1_000,
-                        help="untimed messages through every path first (1000; 0: none)")
+    parser = bench_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--raw-mode", choices=sorted(RAW_MODES), default="receive",
                         help="raw consumer: receive loop or message_listener (receive)")
     parser.add_argument("--ack-every", type=int, default=100,
                         help="ack=client: frames per cumulative ack (100)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args(argv)
     n, repeat = args.messages, args.repeat
     if n < 1 or repeat < 1 or args.warmup < 0 or args.ack_every < 1:
@@ -434,20 +430,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"export bench: {n} triples messages of ~{sum(map(len, payloads)) // n} bytes, "
           f"repeat {repeat}, {os.cpu_count()} cores shared by broker, gateway and client")
-    with pulsar_lite() as broker, gateway(broker.url) as gw_proc:
-        client = pulsar.Client(broker.url, operation_timeout_seconds=30,
-                               logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
-        meter = CpuMeter({"gateway": gw_proc.pid, "broker": broker.pid, "bench": os.getpid()})
+    with rig() as on:
+        client, meter, gw_proc = on.client, on.meter, on.gateway
         try:
             if args.warmup:
                 warm = triples_payloads(args.warmup, start=n)
                 flow = new_flow("warm")
-                publish(client, topic_for(flow, KIND), [w.encode() for w in warm])
+                fill(client, topic_for(flow, KIND), [w.encode() for w in warm])
                 raw_consume(client, topic_for(flow, KIND), {w.encode(): i
                                                             for i, w in enumerate(warm)})
                 warm_index = {w: i for i, w in enumerate(warm)}
                 for client_mode in (False, True):
-                    warm_run = gateway_export(gw_proc.ws_base, flow, warm_index, client_mode,
+                    warm_run = gateway_export(gw_proc, flow, warm_index, client_mode,
                                               args.ack_every)
                     for problem in warm_run.problems(len(warm), True):
                         # Not a failure (nothing is timed), but worth knowing.
@@ -457,19 +451,16 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(repeat):
                 flow = new_flow("export")
                 topic = topic_for(flow, KIND)
-                publish_s.append(publish(client, topic, payloads))
+                publish_s.append(fill(client, topic, payloads))
                 _measure(raw, meter, lambda t=topic: raw_consume(client, t, bytes_index))
                 _measure(auto, meter, lambda f=flow: gateway_export(
-                    gw_proc.ws_base, f, text_index, False))
+                    gw_proc, f, text_index, False))
                 _measure(client_runs, meter, lambda f=flow: gateway_export(
-                    gw_proc.ws_base, f, text_index, True, args.ack_every))
-        except BenchFailure as exc:
+                    gw_proc, f, text_index, True, args.ack_every))
+        except (BenchFailure, PublishFailed) as exc:
             failures.append(str(exc))
-        finally:
-            client.close()
         if failures:
-            print("gateway log tail:\n  " + "\n  ".join(list(gw_proc.log_tail)[-15:]),
-                  file=sys.stderr)
+            on.print_log_tail()
 
     for runs, gateway_run in ((raw, False), (auto, True), (client_runs, True)):
         for k, d in enumerate(runs.deliveries, 1):
@@ -501,16 +492,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         def figures(runs: Runs) -> dict[str, Any]:
-            s = runs.stats
             return {
-                "messages": s.messages,
-                "seconds": [round(x, 4) for x in s.seconds],
-                "best_s": round(s.best, 4),
-                "median_s": round(s.median, 4),
-                "best_msg_s": round(s.rate(s.best), 1),
-                "median_msg_s": round(s.rate(s.median), 1),
-                "cpu_s_best_run": {k: None if v is None else round(v, 3)
-                                   for k, v in s.best_cpu().items()},
+                **runs.stats.summary(),
                 "distinct": [d.distinct for d in runs.deliveries],
                 "duplicates": [d.duplicates for d in runs.deliveries],
                 "end_after_s": [None if d.end_after is None else round(d.end_after, 4)

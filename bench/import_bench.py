@@ -2,12 +2,13 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/import_bench.py [--messages N] [--repeat R] [--json]
+    .venv/bin/python bench/import_bench.py [--messages N] [--repeat R] [--json]
 
 Method. One pulsar-lite broker (started here, metrics off, data in a temporary directory) and
-one gateway (``python -m supervisor serve --pulsar-url ...``, a separate process, as in a real
-deployment) serve every measurement. Each measurement writes N distinct ~1.2 KB triples frames
-(``json.dumps(core.wire.sample_message("triples", i))``) to a topic that did not exist before:
+one gateway (``python -m quiesce.supervisor serve --pulsar-url ...``, a separate process, as
+in a real deployment) serve every measurement. Each measurement writes N distinct ~1.2 KB
+triples frames (``json.dumps(tests.data.sample_message("triples", i))``) to a topic that did
+not exist before:
 
 * ``raw send_async``: this process's own ``pulsar.Client``, an unbatched producer
   (``batching_enabled=False``, ``block_if_queue_full=True``, ``send_timeout_millis=0``,
@@ -24,11 +25,12 @@ deployment) serve every measurement. Each measurement writes N distinct ~1.2 KB 
 * ``blocking send``: ``producer.send`` per message, one round trip each (as the publisher in
   TrustGraph's spec does), on ``--blocking-messages`` messages (2,000); msg/s is extrapolated.
 
-After each gateway run the topic is read back (a ``pulsar.Reader`` from the earliest message
-until ``has_message_available()`` is False): all N must be there, identical and in order,
+After each gateway run the topic is read back (``read_topic_counted`` in tests/harness.py, a
+``pulsar.Reader`` from the earliest message): all N must be there, identical and in order,
 otherwise the script exits with status 1 (also on a gateway error frame or a timeout).
-Messages are counted once per message id, because pulsar-lite 0.2.0 re-delivers entries to
-readers on topics this size (see ``read_back``); the re-deliveries are reported, not counted.
+Messages are counted once per message id, the harness's one de-duplication rule, because
+pulsar-lite 0.2.0 re-delivers entries to readers on topics this size; the re-deliveries are
+reported, not counted.
 
 ``--warmup`` messages (default 1,000) go through raw and gateway once before anything is timed,
 so neither side pays for first-use costs (imports, connection set-up, JIT-less warm caches).
@@ -46,12 +48,11 @@ share them, so the gateway's figure is also limited by the CPU the client and br
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -60,38 +61,28 @@ import trio
 from _common import (
     BenchFailure,
     CpuMeter,
+    PublishFailed,
     Stats,
-    gateway,
-    pulsar_lite,
-    send_all_async,
+    bench_arguments,
+    import_path,
+    new_flow,
+    open_import,
+    print_table,
+    publish,
+    read_topic_counted,
+    rig,
     timeout_for,
+    topic_for,
     triples_payloads,
+    ws_url,
 )
-from websockets.trio.client import connect
-
-from quiesce.core.config import load_settings
 
 KIND = "triples"
 TARGET_RATIO = 0.5
-# Read-back: passes from the earliest message, and how long one read may stall (see read_back).
-READ_PASSES = 5
-READ_STALL_MS = 3000
 
 RAW = "raw send_async (unbatched)"
 GATEWAY = "gateway import (1 ws, receipts)"
 BLOCKING = "raw blocking send (per msg)"
-
-
-
-
-def _topic_for(flow: str) -> str:
-    # The gateway's own rule, with the same environment it sees (QUIESCE_* variables).
-    settings = load_settings({}, os.environ, None).settings
-    return settings.topic_for(flow, KIND)
-
-
-def _new_flow(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 # ------------------------------------------------------------------ raw pulsar-client
@@ -99,7 +90,7 @@ def _new_flow(prefix: str) -> str:
 
 def raw_send_async(client: pulsar.Client, topic: str, payloads: list[bytes]) -> float:
     """Send ``payloads`` with an unbatched ``send_async``; seconds until all are confirmed."""
-    return send_all_async(client, topic, payloads, batching=False, what="raw send_async")
+    return publish(client, topic, payloads, batching=False, timeout=timeout_for(len(payloads)))
 
 
 def raw_blocking_send(client: pulsar.Client, topic: str, payloads: list[bytes]) -> float:
@@ -118,41 +109,12 @@ def raw_blocking_send(client: pulsar.Client, topic: str, payloads: list[bytes]) 
 def read_back(client: pulsar.Client, topic: str, expected: list[bytes]) -> tuple[int, bool, int]:
     """Read ``topic`` from the earliest message and check it holds ``expected``, in order.
 
-    pulsar-lite 0.2.0's dispatch to readers is not exact on topics this size: a reader may be
-    handed the same entries again (same message id) or stall with ``has_message_available()``
-    still True. So messages are keyed by message id (what the broker *stores* is what counts),
-    and a pass that stalls is followed by another from the earliest message, up to
-    ``READ_PASSES``, until one ends cleanly.
-
     Returns:
         (distinct messages stored, identical to ``expected`` and in order, redundant
-        deliveries the reader saw).
+        deliveries the reader saw), under ``read_topic_counted``'s rules.
     """
-    stored: dict[tuple[int, int, int], bytes] = {}
-    redundant = 0
-    for _ in range(READ_PASSES):
-        reader = client.create_reader(topic, pulsar.MessageId.earliest,
-                                      receiver_queue_size=1000)
-        clean = True
-        try:
-            while reader.has_message_available():
-                try:
-                    msg = reader.read_next(timeout_millis=READ_STALL_MS)
-                except pulsar.Timeout:
-                    clean = False
-                    break
-                mid = msg.message_id()
-                key = (mid.ledger_id(), mid.entry_id(), mid.batch_index())
-                if key in stored:
-                    redundant += 1
-                else:
-                    stored[key] = msg.data()
-        finally:
-            reader.close()
-        if clean:
-            break
-    in_order = [stored[k] for k in sorted(stored)]
-    return len(stored), in_order == expected, redundant
+    stored = read_topic_counted(client, topic, len(expected))
+    return len(stored.payloads), stored.payloads == expected, stored.duplicates
 
 
 # ------------------------------------------------------------------ gateway over WebSocket
@@ -160,69 +122,30 @@ def read_back(client: pulsar.Client, topic: str, expected: list[bytes]) -> tuple
 
 async def _gateway_import(url: str, frames: list[str], limit_s: float) -> float:
     n = len(frames)
-    errors: list[Any] = []
-    finished: list[float] = []
-    async with connect(url, compression=None, proxy=None) as ws:
-        start = time.perf_counter()
-
-        async def sender() -> None:
-            send = ws.send
+    seconds: list[float] = []
+    errors: list[dict[str, Any]] = []
+    with trio.move_on_after(limit_s):
+        async with open_import(url, compression=None, proxy=None) as client:
+            start = time.perf_counter()
             for frame in frames:
-                await send(frame)
-
-        async def reader() -> None:
-            while True:
-                receipt = json.loads(await ws.recv())
-                if "ack" in receipt:
-                    if receipt["ack"] >= n:
-                        finished.append(time.perf_counter())
-                        return
-                else:
-                    errors.append(receipt)
-                    if len(errors) >= 10:
-                        return
-
-        with trio.move_on_after(limit_s):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sender)
-                nursery.start_soon(reader)
+                await client.send(frame)
+            with contextlib.suppress(AssertionError):  # the connection ended first
+                await client.wait_ack(n)
+                seconds.append(time.perf_counter() - start)
+            errors = client.errors
     if errors:
-        raise BenchFailure(f"gateway sent {len(errors)}+ error frames, e.g. {errors[0]}")
-    if not finished:
+        raise BenchFailure(f"gateway sent {len(errors)} error frames, e.g. {errors[0]}")
+    if not seconds:
         raise BenchFailure(f"gateway: no final ack {n} within {limit_s:g}s")
-    return finished[0] - start
+    return seconds[0]
 
 
-def gateway_import(ws_base: str, flow: str, frames: list[str]) -> float:
-    """Import ``frames`` over one WebSocket; return the seconds until ``{"ack": N}``."""
-    url = f"{ws_base}/api/v1/flow/{flow}/import/{KIND}?receipts=true"
+def gateway_import(url: str, frames: list[str]) -> float:
+    """Import ``frames`` over one WebSocket at ``url``; return the seconds until ``{"ack": N}``."""
     return trio.run(_gateway_import, url, frames, timeout_for(len(frames)))
 
 
 # ------------------------------------------------------------------ reporting
-
-
-def _fmt_cpu(cpu: dict[str, float | None]) -> str:
-    parts = [f"{v:.1f}" if v is not None else "?" for v in cpu.values()]
-    return "/".join(parts) if parts else "-"
-
-
-def print_table(rows: list[Stats], raw: Stats, repeat: int) -> None:
-    """Print name, messages, seconds, msg/s, ratio (best, and median when repeated)."""
-    header = f"{'name':<33} {'messages':>8} {'seconds':>8} {'msg/s':>9} {'ratio':>6}"
-    if repeat > 1:
-        header += f" {'med s':>8} {'med msg/s':>9} {'med ratio':>9}"
-    header += f"  {'cpu s gw/broker/bench':>21}"
-    print(header)
-    print("-" * len(header))
-    for s in rows:
-        line = (f"{s.name:<33} {s.messages:>8} {s.best:>8.3f} {s.rate(s.best):>9.0f} "
-                f"{s.rate(s.best) / raw.rate(raw.best):>6.2f}")
-        if repeat > 1:
-            line += (f" {s.median:>8.3f} {s.rate(s.median):>9.0f} "
-                     f"{s.rate(s.median) / raw.rate(raw.median):>9.2f}")
-        line += f"  {_fmt_cpu(s.best_cpu()):>21}"
-        print(line)
 
 
 def _measure(stats: Stats, meter: CpuMeter, run: Callable[[], float]) -> float:
@@ -234,14 +157,9 @@ def _measure(stats: Stats, meter: CpuMeter, run: Callable[[], float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit status (1 if a measurement failed)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="frames per run (20000)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (1)")
+    parser = bench_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--blocking-messages", type=int, default=2_000,
                         help="messages for the blocking-send figure (2000)")
-    parser.add_argument("--warmup", type=int, default=1_000,
-                        help="untimed messages through raw and gateway first (1000; 0: none)")
-    parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args(argv)
     n, repeat = args.messages, args.repeat
     if n < 1 or repeat < 1 or args.blocking_messages < 1 or args.warmup < 0:
@@ -259,39 +177,35 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"import bench: {n} triples frames of ~{sum(map(len, payloads)) // n} bytes, "
           f"repeat {repeat}, {os.cpu_count()} cores shared by broker, gateway and client")
-    with pulsar_lite() as broker, gateway(broker.url) as gw_proc:
-        client = pulsar.Client(broker.url, operation_timeout_seconds=30,
-                               logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
-        meter = CpuMeter({"gateway": gw_proc.pid, "broker": broker.pid, "bench": os.getpid()})
+    with rig() as on:
+        client, meter, gw_proc = on.client, on.meter, on.gateway
         try:
             if args.warmup:
                 warm = triples_payloads(args.warmup, start=n)
-                raw_send_async(client, _topic_for(_new_flow("warm-raw")),
+                raw_send_async(client, topic_for(new_flow("warm-raw"), KIND),
                                [w.encode() for w in warm])
-                gateway_import(gw_proc.ws_base, _new_flow("warm-gw"), warm)
+                gateway_import(ws_url(gw_proc, import_path(new_flow("warm-gw"))), warm)
             for _ in range(repeat):
-                topic = _topic_for(_new_flow("raw"))
+                topic = topic_for(new_flow("raw"), KIND)
                 _measure(raw, meter, lambda t=topic: raw_send_async(client, t, payloads))
 
-                flow = _new_flow("gw")
-                _measure(gw, meter, lambda f=flow: gateway_import(gw_proc.ws_base, f, frames))
-                count, same, redundant = read_back(client, _topic_for(flow), payloads)
+                flow = new_flow("gw")
+                url = ws_url(gw_proc, import_path(flow, KIND))
+                _measure(gw, meter, lambda u=url: gateway_import(u, frames))
+                count, same, redundant = read_back(client, topic_for(flow, KIND), payloads)
                 counts.append(count)
                 redeliveries.append(redundant)
                 if count != n or not same:
                     failure = (f"gateway topic holds {count} of {n} messages"
                                + ("" if count != n else " (not identical or not in order)"))
 
-                topic = _topic_for(_new_flow("blocking"))
+                topic = topic_for(new_flow("blocking"), KIND)
                 _measure(blocking, meter,
                          lambda t=topic: raw_blocking_send(client, t, blocking_payloads))
-        except BenchFailure as exc:
+        except (BenchFailure, PublishFailed) as exc:
             failure = str(exc)
-        finally:
-            client.close()
         if failure and not gw.seconds:
-            print("gateway log tail:\n  " + "\n  ".join(list(gw_proc.log_tail)[-15:]),
-                  file=sys.stderr)
+            on.print_log_tail()
 
     if not raw.seconds or not gw.seconds or not blocking.seconds:
         print(f"FAILED: {failure}", file=sys.stderr)
@@ -318,27 +232,15 @@ def main(argv: list[str] | None = None) -> int:
               "messages to the reader; counted once each, by message id)")
 
     if args.json:
-        def figures(s: Stats) -> dict[str, Any]:
-            return {
-                "messages": s.messages,
-                "seconds": [round(x, 4) for x in s.seconds],
-                "best_s": round(s.best, 4),
-                "median_s": round(s.median, 4),
-                "best_msg_s": round(s.rate(s.best), 1),
-                "median_msg_s": round(s.rate(s.median), 1),
-                "cpu_s_best_run": {k: None if v is None else round(v, 3)
-                                   for k, v in s.best_cpu().items()},
-            }
-
         print(json.dumps({
             "bench": "import",
             "kind": KIND,
             "messages": n,
             "repeat": repeat,
             "cores": os.cpu_count(),
-            "raw_send_async": figures(raw),
-            "gateway_import": figures(gw),
-            "raw_blocking_send": figures(blocking),
+            "raw_send_async": raw.summary(),
+            "gateway_import": gw.summary(),
+            "raw_blocking_send": blocking.summary(),
             "ratio_gateway_raw": {"best": round(ratio_best, 4),
                                   "median": round(ratio_median, 4),
                                   "target": TARGET_RATIO},

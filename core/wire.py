@@ -40,7 +40,7 @@ import orjson
 
 from quiesce.core.errors import InvalidMessage
 
-__all__ = ["KINDS", "sample_message", "validate", "validate_object"]
+__all__ = ["KINDS", "validate", "validate_object"]
 
 KINDS: tuple[str, ...] = ("triples", "graph-embeddings", "document-embeddings", "entity-contexts")
 
@@ -378,97 +378,3 @@ def _parse_slowly(text: str) -> Any:
         raise InvalidMessage(f"not JSON: {exc}") from None
     except RecursionError:
         raise InvalidMessage("not JSON: nested too deeply") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Examples
-# --------------------------------------------------------------------------------------------
-
-_NS = "http://trustgraph.ai/e/"
-_RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
-_RDFS_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
-_DC = "http://purl.org/dc/elements/1.1/"
-
-
-def _uri(v: str) -> dict[str, Any]:
-    return {"v": v, "e": True}
-
-
-def _lit(v: str) -> dict[str, Any]:
-    return {"v": v, "e": False}
-
-
-def _vector(seed: int, dim: int) -> list[float]:
-    return [round(math.sin(seed * 7.1 + j * 0.37), 6) for j in range(dim)]
-
-
-def sample_message(kind: str, i: int = 0) -> dict[str, Any]:
-    """A valid example message, used by tests and benchmarks.
-
-    Deterministic and fresh on every call. For ``triples`` the JSON encoding is about 1.2 KB.
-
-    Args:
-        kind: one of `KINDS`.
-        i: a number folded into ids and values, so successive messages differ.
-
-    Returns:
-        A message that `validate_object` accepts for ``kind``.
-
-    Raises:
-        KeyError: ``kind`` is not one of `KINDS`.
-    """
-    doc = f"{_NS}doc-{i}"
-    metadata: dict[str, Any] = {
-        "id": doc,
-        "metadata": [
-            {"s": _uri(doc), "p": _uri(_RDF_TYPE), "o": _uri(f"{_NS}Document")},
-            {"s": _uri(doc), "p": _uri(f"{_DC}title"), "o": _lit(f"Field report {i}")},
-        ],
-        "user": "trustgraph",
-        "collection": "default",
-    }
-    if kind == "triples":
-        alpha, beta = f"{_NS}alpha-{i}", f"{_NS}beta-{i}"
-        return {
-            "metadata": metadata,
-            "triples": [
-                {"s": _uri(alpha), "p": _uri(_RDF_TYPE), "o": _uri(f"{_NS}Spacecraft")},
-                {"s": _uri(alpha), "p": _uri(_RDFS_LABEL), "o": _lit(f"Alpha {i}")},
-                {"s": _uri(alpha), "p": _uri(f"{_NS}launchedFrom"), "o": _uri(beta)},
-                {"s": _uri(beta), "p": _uri(_RDFS_LABEL), "o": _lit("Kennedy Space Center")},
-            ],
-        }
-    if kind == "graph-embeddings":
-        return {
-            "metadata": metadata,
-            "entities": [
-                {"entity": _uri(f"{_NS}alpha-{i}"), "vectors": [_vector(i, 16)]},
-                {"entity": _lit(f"Alpha {i}"), "vectors": [_vector(i + 1, 16), _vector(i + 2, 16)]},
-            ],
-        }
-    if kind == "document-embeddings":
-        return {
-            "metadata": metadata,
-            "chunks": [
-                {
-                    "chunk": f"Alpha {i} lifted off from Kennedy Space Center at dawn.",
-                    "vectors": [_vector(i, 16)],
-                },
-                {
-                    "chunk": "It docked with the station two days later.",
-                    "vectors": [_vector(i, 16)],
-                },
-            ],
-        }
-    if kind == "entity-contexts":
-        return {
-            "metadata": metadata,
-            "entities": [
-                {
-                    "entity": _uri(f"{_NS}alpha-{i}"),
-                    "context": f"Alpha {i} lifted off from Kennedy Space Center at dawn.",
-                },
-                {"entity": _lit("Kennedy Space Center"), "context": "The launch site in Florida."},
-            ],
-        }
-    raise KeyError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")

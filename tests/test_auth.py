@@ -14,16 +14,24 @@ from typing import Any
 import pulsar
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import connect
 
 from quiesce.core.config import Settings
-from quiesce.core.wire import sample_message
 from quiesce.supervisor import Supervisor
-from tests.conftest import http_get, read_topic, start_gateway, ws_url
+from tests.data import sample_message
+from tests.harness import (
+    http_get,
+    import_frames,
+    import_path,
+    open_import,
+    persisted,
+    refused_status,
+    start_gateway,
+    topic_of,
+    ws_url,
+)
 
 SECRET = "s3cret"
-SHORT = 10.0
 LONG = 60.0
 
 # Ways to present (or not) a credential: (query suffix, extra headers).
@@ -34,11 +42,6 @@ GOOD_QUERY: tuple[str, dict[str, str]] = (f"token={SECRET}", {})
 GOOD_BEARER: tuple[str, dict[str, str]] = ("", {"Authorization": f"Bearer {SECRET}"})
 REFUSED = {"missing": MISSING, "wrong-query": WRONG_QUERY, "wrong-bearer": WRONG_BEARER}
 ACCEPTED = {"query": GOOD_QUERY, "bearer": GOOD_BEARER}
-
-
-def topic_of(flow: str) -> str:
-    """The default triples topic of ``flow`` (CONTRACT §5)."""
-    return f"persistent://tg/flow/triples:{flow}"
 
 
 def with_query(path: str, query: str) -> str:
@@ -53,17 +56,12 @@ async def import_some(gateway: Supervisor, flow: str, credential: tuple[str, dic
                       count: int, first: int = 0) -> int:
     """Import ``count`` triples with receipts; returns the final ack."""
     query, headers = credential
-    url = ws_url(gateway, with_query(f"/api/v1/flow/{flow}/import/triples?receipts=true", query))
-    last = 0
+    url = ws_url(gateway, with_query(import_path(flow), query))
+    frames = [json.dumps(sample_message("triples", i)) for i in range(first, first + count)]
     with trio.fail_after(LONG):
-        async with connect(url, additional_headers=headers) as ws:
-            for i in range(first, first + count):
-                await ws.send(json.dumps(sample_message("triples", i)))
-            await ws.aclose()  # the server sends the final ack before its close frame
-            async for text in ws:
-                last = max(last, json.loads(text).get("ack", 0))
-            assert ws.close_code == 1000
-    return last
+        client = await import_frames(url, frames, additional_headers=headers)
+    assert client.ws.close_code == 1000
+    return max(client.acks, default=0)
 
 
 async def export_one(gateway: Supervisor, flow: str, credential: tuple[str, dict[str, str]]
@@ -78,21 +76,16 @@ async def export_one(gateway: Supervisor, flow: str, credential: tuple[str, dict
             return dict(json.loads(await ws.recv()))
 
 
-async def refused_status(gateway: Supervisor, path: str,
-                         credential: tuple[str, dict[str, str]]) -> int:
-    """The HTTP status a WebSocket handshake on ``path`` is refused with."""
+async def refused(gateway: Supervisor, path: str, credential: tuple[str, dict[str, str]]) -> int:
+    """The HTTP status a WebSocket handshake on ``path`` with ``credential`` is refused with."""
     query, headers = credential
-    with trio.fail_after(SHORT), pytest.raises(InvalidStatus) as refused:
-        async with connect(ws_url(gateway, with_query(path, query)),
-                           additional_headers=headers):
-            pass
-    return int(refused.value.response.status_code)
+    return await refused_status(ws_url(gateway, with_query(path, query)),
+                                additional_headers=headers)
 
 
 async def persisted_count(client: pulsar.Client, flow: str) -> int:
     """How many messages the flow's triples topic holds."""
-    with trio.fail_after(LONG):
-        return len(await trio.to_thread.run_sync(read_topic, client, topic_of(flow)))
+    return len(await persisted(client, topic_of("triples", flow)))
 
 
 @pytest.fixture
@@ -112,8 +105,8 @@ async def test_import_and_export_handshakes_without_the_secret_get_401(
 ) -> None:
     """No token, a wrong ?token= or a wrong Bearer is refused with 401 on both WebSockets."""
     credential = REFUSED[way]
-    imp = await refused_status(secured, f"/api/v1/flow/{flow}/import/triples", credential)
-    exp = await refused_status(secured, f"/api/v1/flow/{flow}/export/triples", credential)
+    imp = await refused(secured, f"/api/v1/flow/{flow}/import/triples", credential)
+    exp = await refused(secured, f"/api/v1/flow/{flow}/export/triples", credential)
     print(f"\n{way}: import={imp} export={exp}")
     assert (imp, exp) == (401, 401)
 
@@ -176,41 +169,24 @@ async def test_a_refused_handshake_does_not_disturb_an_open_authorized_import(
 ) -> None:
     """401s on other connections leave an open authorized import importing to the end."""
     half, total = 50, 100
-    url = ws_url(secured, f"/api/v1/flow/{flow}/import/triples?receipts=true&token={SECRET}")
-    acks: list[int] = []
-    changed = trio.Event()
+    url = ws_url(secured, f"{import_path(flow)}&token={SECRET}")
     with trio.fail_after(LONG):
-        async with connect(url) as ws:
-
-            async def collect() -> None:
-                nonlocal changed
-                try:
-                    async for text in ws:
-                        acks.append(json.loads(text)["ack"])
-                        changed.set()
-                        changed = trio.Event()
-                except ConnectionClosed:
-                    pass
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(collect)
-                for i in range(half):
-                    await ws.send(json.dumps(sample_message("triples", i)))
-                while not acks or acks[-1] < half:
-                    await changed.wait()
-                refusals = [
-                    await refused_status(secured, f"/api/v1/flow/{flow}/{direction}/triples",
-                                         credential)
-                    for direction in ("import", "export")
-                    for credential in REFUSED.values()
-                ]
-                for i in range(half, total):
-                    await ws.send(json.dumps(sample_message("triples", i)))
-                await ws.aclose()
+        async with open_import(url) as client:
+            for i in range(half):
+                await client.send(json.dumps(sample_message("triples", i)))
+            await client.wait_ack(half)
+            refusals = [
+                await refused(secured, f"/api/v1/flow/{flow}/{direction}/triples", credential)
+                for direction in ("import", "export")
+                for credential in REFUSED.values()
+            ]
+            for i in range(half, total):
+                await client.send(json.dumps(sample_message("triples", i)))
     stored = await persisted_count(pulsar_client, flow)
-    print(f"\nopen import beside 401s: sent={total} acked={acks[-1]} persisted={stored} "
-          f"refusals={refusals} close={ws.close_code}")
+    print(f"\nopen import beside 401s: sent={total} acked={client.ack} persisted={stored} "
+          f"refusals={refusals} close={client.ws.close_code}")
     assert refusals == [401] * 6
-    assert acks[-1] == total
-    assert ws.close_code == 1000
+    assert client.errors == [], client.errors
+    assert client.ack == total
+    assert client.ws.close_code == 1000
     assert stored == total

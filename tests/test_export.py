@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -21,12 +20,23 @@ from typing import Any
 import pulsar
 import pytest
 import trio
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
-from quiesce.core.wire import KINDS, sample_message
+from quiesce.core.wire import KINDS
 from quiesce.supervisor import Supervisor
-from tests.conftest import http_get, start_gateway, ws_url
+from tests.data import id_of, sample_message, sample_messages
+from tests.harness import (
+    expect_status,
+    http_get,
+    import_frames,
+    import_path,
+    metric_samples,
+    publish_messages,
+    start_gateway,
+    topic_of,
+    ws_url,
+)
 
 # Bounds of the waits (generous: they only matter when something is wrong).
 SHORT = 10.0
@@ -37,65 +47,20 @@ NACK_METRIC = "subscriber_messages_negatively_acknowledged_total"
 # ---------------------------------------------------------------- helpers
 
 
-def topic_of(kind: str, flow: str) -> str:
-    """The default topic of (flow, kind) (CONTRACT §5)."""
-    return f"persistent://tg/flow/{kind}:{flow}"
-
-
 def export_path(flow: str, kind: str = "triples", **query: str | int) -> str:
     """Path of the export WebSocket of (flow, kind) with ``query`` parameters."""
     text = "&".join(f"{name}={value}" for name, value in query.items())
     return f"/api/v1/flow/{flow}/export/{kind}" + (f"?{text}" if text else "")
 
 
-def id_of(message: dict[str, Any]) -> str:
-    """The ``metadata.id`` of a message."""
-    return str(message["metadata"]["id"])
-
-
-def messages_for(kind: str, count: int, start: int = 0) -> list[dict[str, Any]]:
-    """``count`` sample messages of ``kind`` with distinct ids."""
-    return [sample_message(kind, i) for i in range(start, start + count)]
-
-
-def _publish_blocking(client: pulsar.Client, topic: str, payloads: list[bytes]) -> None:
-    producer = client.create_producer(topic, batching_enabled=False,
-                                      block_if_queue_full=True)
-    failures: list[Any] = []
-
-    def done(result: Any, _message_id: Any) -> None:
-        if result != pulsar.Result.Ok:
-            failures.append(result)
-
-    try:
-        for payload in payloads:
-            producer.send_async(payload, done)
-        producer.flush()
-    finally:
-        producer.close()
-    assert failures == [], failures
-
-
-async def publish(client: pulsar.Client, topic: str, messages: list[dict[str, Any]]) -> None:
-    """Publish ``messages`` straight into ``topic`` (confirmed by the broker on return)."""
-    payloads = [json.dumps(m).encode() for m in messages]
-    with trio.fail_after(LONG):
-        await trio.to_thread.run_sync(_publish_blocking, client, topic, payloads)
-
-
 async def import_with_receipts(gateway: Supervisor, flow: str, kind: str,
                                messages: list[dict[str, Any]]) -> None:
-    """Import ``messages`` through the gateway and wait for the receipt covering them all."""
-    url = ws_url(gateway, f"/api/v1/flow/{flow}/import/{kind}?receipts=true")
+    """Import ``messages`` through the gateway and check the receipt covering them all."""
     with trio.fail_after(LONG):
-        async with connect(url) as ws:
-            for message in messages:
-                await ws.send(json.dumps(message))
-            while True:
-                frame = json.loads(await ws.recv())
-                assert "error" not in frame, frame
-                if frame.get("ack") == len(messages):
-                    break
+        client = await import_frames(ws_url(gateway, import_path(flow, kind)),
+                                     [json.dumps(m) for m in messages])
+    assert client.errors == [], client.errors
+    assert client.ack == len(messages), client.acks[-5:]
 
 
 async def next_frame(ws: ClientConnection) -> dict[str, Any]:
@@ -167,16 +132,11 @@ def exported_count(gateway: Supervisor, kind: str) -> float:
     return value or 0.0
 
 
-
 async def scraped(port: int, name: str, labels: dict[str, str]) -> float:
     """The value of one sample scraped from GET /metrics (0 when absent)."""
     status, text = await http_get(port, "/metrics")
     assert status == 200
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
-            return float(match.group(2))
-    return 0.0
+    return metric_samples(text, name).get(frozenset(labels.items()), 0.0)
 
 
 class Tally:
@@ -235,7 +195,7 @@ async def test_each_kind_exports_exactly_the_messages_imported_through_the_gatew
     gateway: Supervisor, flow: str, kind: str
 ) -> None:
     """Twenty messages imported with receipts come back from export as equal JSON."""
-    messages = messages_for(kind, 20)
+    messages = sample_messages(kind, 20)
     expected = {id_of(m): m for m in messages}
     received: dict[str, dict[str, Any]] = {}
     tally = Tally()
@@ -265,9 +225,9 @@ async def test_an_aborted_export_resumes_on_the_same_subscription_without_losing
     never read by the client may be missing; every other message must come back.
     """
     kind = "triples"
-    messages = messages_for(kind, 2000)
+    messages = sample_messages(kind, 2000)
     all_ids = {id_of(m) for m in messages}
-    await publish(pulsar_client, topic_of(kind, flow), messages)
+    await publish_messages(pulsar_client, topic_of(kind, flow), messages)
     client_mode = ack == "client"
     path = export_path(flow, kind, subscription="resume", position="earliest", ack=ack)
     first, second = Tally(), Tally()
@@ -327,10 +287,10 @@ async def test_client_acks_hold_across_a_normal_close_and_unacked_messages_come_
 ) -> None:
     """Acking 200 of 300 frames read (of 400) and closing: a reconnect gets the other 200 only."""
     kind = "triples"
-    messages = messages_for(kind, 400)
+    messages = sample_messages(kind, 400)
     all_ids = [id_of(m) for m in messages]
     topic = topic_of(kind, flow)
-    await publish(pulsar_client, topic, messages)
+    await publish_messages(pulsar_client, topic, messages)
     path = export_path(flow, kind, subscription="acks", position="earliest", ack="client")
     by_seq: dict[int, str] = {}
     async with export(ws_url(gateway, path)) as ws:
@@ -350,7 +310,7 @@ async def test_client_acks_hold_across_a_normal_close_and_unacked_messages_come_
     sentinel = sample_message(kind, 10_000)
     second = Tally()
     async with export(ws_url(gateway, path)) as ws:
-        await publish(pulsar_client, topic, [sentinel])
+        await publish_messages(pulsar_client, topic, [sentinel])
         with trio.fail_after(LONG):
             while not (expected | {id_of(sentinel)}) <= second.distinct:
                 second.add(await next_message(ws, client_mode=True))
@@ -368,9 +328,9 @@ async def test_invalid_client_acks_get_error_frames_and_change_nothing(
 ) -> None:
     """Bad, out-of-range and backward acks get invalid-ack errors; valid and repeated acks don't."""
     kind = "triples"
-    messages = messages_for(kind, 10)
+    messages = sample_messages(kind, 10)
     topic = topic_of(kind, flow)
-    await publish(pulsar_client, topic, messages)
+    await publish_messages(pulsar_client, topic, messages)
     path = export_path(flow, kind, subscription="errs", position="earliest", ack="client")
     by_seq: dict[int, str] = {}
 
@@ -416,8 +376,8 @@ async def test_the_window_stops_the_server_at_five_unacked_frames_until_an_ack(
 ) -> None:
     """With window=5 the server sends 5 frames, then only an error, until the client acks."""
     kind = "triples"
-    messages = messages_for(kind, 20)
-    await publish(pulsar_client, topic_of(kind, flow), messages)
+    messages = sample_messages(kind, 20)
+    await publish_messages(pulsar_client, topic_of(kind, flow), messages)
     path = export_path(flow, kind, subscription="win", position="earliest", ack="client",
                        window=5)
     tally = Tally()
@@ -450,8 +410,8 @@ async def test_block_backpressure_delivers_everything_to_a_slow_reader_without_n
     gw = await start_gateway(nursery, settings, subscriber_max_queue_size=2,
                              nack_redelivery_delay_ms=200)
     try:
-        messages = messages_for(kind, 200)
-        await publish(pulsar_client, topic_of(kind, flow), messages)
+        messages = sample_messages(kind, 200)
+        await publish_messages(pulsar_client, topic_of(kind, flow), messages)
         path = export_path(flow, kind, subscription="slow", position="earliest",
                            backpressure="block")
         tally = Tally()
@@ -485,12 +445,12 @@ async def test_drop_backpressure_nacks_overflow_and_every_message_still_arrives(
     gw = await start_gateway(nursery, settings, subscriber_max_queue_size=2,
                              nack_redelivery_delay_ms=200)
     try:
-        messages = messages_for(kind, 200)
+        messages = sample_messages(kind, 200)
         path = export_path(flow, kind, subscription="drops", position="earliest",
                            ack="client", window=1, backpressure=strategy)
         tally = Tally()
         async with export(ws_url(gw, path)) as ws:
-            await publish(pulsar_client, topic_of(kind, flow), messages)
+            await publish_messages(pulsar_client, topic_of(kind, flow), messages)
             frame = await next_frame(ws)
             tally.add(frame["message"])
             # Withhold the ack until the gateway reports drops (each check an HTTP round trip).
@@ -526,8 +486,8 @@ async def test_until_end_sends_the_backlog_then_end_then_closes_with_1000(
 ) -> None:
     """until=end delivers the 30 published messages, then {"end": true}, then close 1000."""
     kind = "entity-contexts"
-    messages = messages_for(kind, 30)
-    await publish(pulsar_client, topic_of(kind, flow), messages)
+    messages = sample_messages(kind, 30)
+    await publish_messages(pulsar_client, topic_of(kind, flow), messages)
     client_mode = ack == "client"
     path = export_path(flow, kind, subscription="dump", position="earliest", until="end",
                        ack=ack)
@@ -571,8 +531,8 @@ async def test_until_end_waits_for_messages_dropped_by_backpressure_before_endin
     gw = await start_gateway(nursery, settings, subscriber_max_queue_size=2,
                              nack_redelivery_delay_ms=200)
     try:
-        messages = messages_for(kind, 200)
-        await publish(pulsar_client, topic_of(kind, flow), messages)
+        messages = sample_messages(kind, 200)
+        await publish_messages(pulsar_client, topic_of(kind, flow), messages)
         path = export_path(flow, kind, subscription="dump", position="earliest", until="end",
                            backpressure=strategy, ack="client", window=1)
         tally = Tally()
@@ -605,14 +565,6 @@ async def test_until_end_on_an_empty_topic_ends_at_once(gateway: Supervisor, flo
 
 
 # ---------------------------------------------------------------- routes
-
-
-async def expect_status(url: str, status: int) -> None:
-    """The WebSocket handshake at ``url`` is refused with HTTP ``status``."""
-    with trio.fail_after(SHORT), pytest.raises(InvalidStatus) as info:
-        async with connect(url):
-            pass
-    assert info.value.response.status_code == status, info.value.response.body
 
 
 async def test_unknown_kind_is_404_and_bad_backpressure_or_window_is_400(

@@ -8,12 +8,7 @@ whose subscriber failed after subscribing stayed open until the shutdown deadlin
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +20,15 @@ from websockets.trio.client import connect
 
 from quiesce.actors.subscriber import Subscriber
 from quiesce.core.errors import BrokerError
-from quiesce.core.wire import sample_message
 from quiesce.supervisor import Supervisor
-from tests.conftest import ws_url
+from tests.data import sample_message
+from tests.harness import Listening, open_gateway_process, topic_of, ws_url
 
 # Bound of a whole dump (generous: it only matters when something is wrong).
 LONG = 30.0
 # CONTRACT: a dump with nothing left ends "promptly": about a second; this is the bound.
 PROMPT = 3.0
 MESSAGES = 25
-
-
-def topic_of(kind: str, flow: str) -> str:
-    """The default topic of (flow, kind)."""
-    return f"persistent://tg/flow/{kind}:{flow}"
 
 
 def publish(client: pulsar.Client, topic: str, count: int) -> list[str]:
@@ -55,7 +45,7 @@ def publish(client: pulsar.Client, topic: str, count: int) -> list[str]:
     return ids
 
 
-async def dump(gateway: Supervisor, path: str) -> tuple[list[dict[str, Any]], int | None]:
+async def dump(gateway: Listening, path: str) -> tuple[list[dict[str, Any]], int | None]:
     """Read an until=end export to its close: (frames, close code)."""
     frames: list[dict[str, Any]] = []
     async with connect(ws_url(gateway, path), close_timeout=LONG) as ws:
@@ -116,70 +106,25 @@ async def test_a_dump_from_latest_on_a_busy_topic_ends_promptly(
     assert frames == [{"end": True}] and code == 1000
 
 
-@asynccontextmanager
-async def gateway_output(broker_url: str, data_dir: Path) -> AsyncIterator[tuple[int, list[str]]]:
-    """A gateway process whose stdout and stderr (merged) are kept line by line.
-
-    In a process of its own because pulsar-client's C++ logger is process-wide: the first
-    client of a process decides where every client logs, and the test session has one.
-    Yields (port, lines) once it is ready; it is SIGTERMed and awaited at the end.
-    """
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "quiesce.supervisor", "serve", "--port", "0", "--pulsar-url",
-         broker_url, "--data-dir", str(data_dir)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    ready = trio.Event()
-    port = 0
-
-    async def pump() -> None:
-        nonlocal port
-        buffer = b""
-        assert process.stdout is not None
-        async for chunk in process.stdout:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                line = raw.decode(errors="replace")
-                lines.append(line)
-                if (match := re.search(r"ready on http://127\.0\.0\.1:(\d+)", line)):
-                    port = int(match.group(1))
-                    ready.set()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
-            with trio.fail_after(LONG):
-                await ready.wait()
-            yield port, lines
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(LONG):
-                await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-
-
 async def test_a_dump_of_a_topic_that_does_not_exist_logs_no_error(
     broker_url: str, flow: str, tmp_path: Path
 ) -> None:
-    """An empty topic ends the dump at once, and the gateway logs nothing at ERROR for it."""
-    async with gateway_output(broker_url, tmp_path) as (port, lines):
+    """An empty topic ends the dump at once, and the gateway logs nothing at ERROR for it.
+
+    In a process of its own: pulsar-client's C++ logger is process-wide (the first client of
+    a process decides where every client logs), and the test session has a client already.
+    """
+    async with open_gateway_process(pulsar_url=broker_url, data_dir=tmp_path) as gateway:
         path = f"/api/v1/flow/{flow}/export/graph-embeddings?subscription=e&until=end"
-        frames: list[dict[str, Any]] = []
         with trio.fail_after(PROMPT):
-            async with connect(f"ws://127.0.0.1:{port}{path}", close_timeout=LONG) as ws:
-                try:
-                    while True:
-                        frames.append(json.loads(await ws.recv()))
-                except ConnectionClosed:
-                    pass
+            frames, code = await dump(gateway, path)
+        gateway.signal(signal.SIGTERM)
+        assert await gateway.wait_exit_async(LONG) == 0
+    lines = gateway.lines
     errors = [line for line in lines if "ERROR" in line or " WARN" in line]
-    print(f"\nempty topic: {frames}, close {ws.close_code}, {len(lines)} log lines, "
+    print(f"\nempty topic: {frames}, close {code}, {len(lines)} log lines, "
           f"errors/warnings: {errors}")
-    assert frames == [{"end": True}] and ws.close_code == 1000
+    assert frames == [{"end": True}] and code == 1000
     assert any("stopped" in line for line in lines), lines  # the log was read to its end
     assert errors == []
 

@@ -12,8 +12,6 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pulsar
@@ -21,170 +19,32 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed as TwsConnectionClosed
 from trio_websocket import open_websocket_url
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
-from websockets.trio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosedOK
 
-from quiesce.core.wire import KINDS, sample_message
+from quiesce.core.wire import KINDS
 from quiesce.supervisor import Supervisor
-from tests.conftest import http_get, start_gateway, ws_url
+from tests.data import ids_of, sample_message
+from tests.harness import (
+    ImportClient,
+    expect_status,
+    http_get,
+    import_path,
+    metric_samples,
+    open_import,
+    persisted,
+    start_gateway,
+    topic_of,
+    ws_url,
+)
 
 # Bounds of the waits (generous: they only matter when something is wrong).
 SHORT = 10.0
 LONG = 60.0
 
 
-def topic_of(kind: str, flow: str) -> str:
-    """The default topic of (flow, kind) (CONTRACT §5)."""
-    return f"persistent://tg/flow/{kind}:{flow}"
-
-
-def import_path(flow: str, kind: str, receipts: bool = True) -> str:
-    """Path of the import WebSocket of (flow, kind)."""
-    query = "?receipts=true" if receipts else ""
-    return f"/api/v1/flow/{flow}/import/{kind}{query}"
-
-
 def encode(message: dict[str, Any]) -> str:
     """One text frame for ``message``."""
     return json.dumps(message)
-
-
-# How long to wait for one message known to be in a topic, and to make sure none follows.
-READ_TIMEOUT_MS = 10_000
-PROBE_MS = 100
-
-
-def read_messages(client: pulsar.Client, topic: str, expected: int) -> list[dict[str, Any]]:
-    """Every message in ``topic`` from the start: ``expected`` of them, plus any extras.
-
-    Unlike conftest's ``read_topic`` this does not stop at the first False from
-    ``has_message_available()``: on pulsar-lite that answer is False as soon as the reader is
-    inside the topic's last batch (the broker's last message id carries no batch index), so
-    ``read_topic`` returns too few messages from a batched topic. Here the known count is
-    read with a generous timeout, then further messages while the broker says there are more,
-    and finally a short probe catches any extra left in the last batch (already received by
-    the client, so the probe never waits on the network).
-
-    pulsar-lite also sometimes dispatches a batch entry to a reader twice (the same message
-    ids again, seen under load). A message id read a second time is the same stored message,
-    so it is skipped; a message the gateway really published twice has a new id and counts.
-    """
-    reader = client.create_reader(topic, pulsar.MessageId.earliest)
-    messages: list[dict[str, Any]] = []
-    seen: set[bytes] = set()
-    try:
-        while True:
-            more = len(messages) < expected or reader.has_message_available()
-            try:
-                msg = reader.read_next(READ_TIMEOUT_MS if more else PROBE_MS)
-            except pulsar.Timeout:
-                return messages
-            key = msg.message_id().serialize()
-            if key not in seen:
-                seen.add(key)
-                messages.append(json.loads(msg.data()))
-    finally:
-        reader.close()
-
-
-async def persisted(client: pulsar.Client, topic: str, expected: int) -> list[dict[str, Any]]:
-    """Every message in ``topic`` (see ``read_messages``), read without blocking Trio."""
-    with trio.fail_after(LONG):
-        return await trio.to_thread.run_sync(read_messages, client, topic, expected)
-
-
-def ids_of(messages: list[dict[str, Any]]) -> list[str]:
-    """The ``metadata.id`` of each message, in order."""
-    return [m["metadata"]["id"] for m in messages]
-
-
-class ImportClient:
-    """A websockets.trio import connection with a task that collects every server frame.
-
-    Attributes:
-        received: every server frame, decoded, in arrival order.
-        acks: the N of every ``{"ack": N}``, in arrival order.
-        errors: every ``{"error": ...}`` body, in arrival order.
-        sent: frames handed to ``send`` so far (counted before sending, so an ack can never
-            legitimately exceed it).
-        closed: the ConnectionClosed that ended the stream, once it has.
-    """
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.received: list[dict[str, Any]] = []
-        self.acks: list[int] = []
-        self.errors: list[dict[str, Any]] = []
-        self.sent = 0
-        self.closed: ConnectionClosed | None = None
-        self.violations: list[str] = []
-        self._changed = trio.Event()
-        self.done = trio.Event()
-
-    @property
-    def ack(self) -> int:
-        """The highest ack received (0 before any)."""
-        return self.acks[-1] if self.acks else 0
-
-    async def collect(self) -> None:
-        """Read server frames until the connection closes, checking acks as they come."""
-        try:
-            while True:
-                text = await self.ws.recv()
-                frame = json.loads(text)
-                self.received.append(frame)
-                if "ack" in frame:
-                    n = frame["ack"]
-                    if n <= self.ack:
-                        self.violations.append(f"ack {n} after ack {self.ack}")
-                    if n > self.sent:
-                        self.violations.append(f"ack {n} with only {self.sent} frames sent")
-                    self.acks.append(n)
-                elif "error" in frame:
-                    self.errors.append(frame["error"])
-                self._wake()
-        except ConnectionClosed as exc:
-            self.closed = exc
-        finally:
-            self.done.set()
-            self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def send(self, frame: str | bytes) -> None:
-        """Send one frame (text for ``str``, binary for ``bytes``)."""
-        self.sent += 1
-        await self.ws.send(frame)
-
-    async def wait_ack(self, n: int) -> None:
-        """Wait until an ack of at least ``n`` has arrived (fails if the socket closes first)."""
-        while self.ack < n:
-            if self.closed is not None:
-                raise AssertionError(f"closed ({self.closed}) waiting for ack {n}; got {self.ack}")
-            await self._changed.wait()
-
-    async def wait_closed(self) -> None:
-        """Wait until the server has ended the connection."""
-        await self.done.wait()
-
-
-@asynccontextmanager
-async def open_import(url: str, **options: Any) -> AsyncIterator[ImportClient]:
-    """Connect, collect server frames in the background, and close normally at the end.
-
-    The close is the client's: a close frame as soon as the body is done (without waiting for
-    acks), then every server frame is read until the server's close frame.
-    """
-    options.setdefault("close_timeout", LONG)
-    async with connect(url, **options) as ws:
-        client = ImportClient(ws)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.collect)
-            yield client
-            await ws.aclose()
-            await client.wait_closed()
 
 
 def assert_acks_sane(client: ImportClient, total: int) -> None:
@@ -200,21 +60,6 @@ def assert_closed_normally(client: ImportClient) -> None:
     """The server answered the client's close with 1000."""
     assert isinstance(client.closed, ConnectionClosedOK), repr(client.closed)
     assert client.ws.close_code == 1000
-
-
-# ---------------------------------------------------------------- raw HTTP
-
-
-
-def metric_values(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """Samples of metric ``name`` in Prometheus text: label set -> value."""
-    samples = {}
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if match:
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-            samples[labels] = float(match.group(2))
-    return samples
 
 
 # ---------------------------------------------------------------- round trips
@@ -414,15 +259,12 @@ async def test_an_oversize_frame_closes_with_1009_and_earlier_frames_still_land(
         oversize = sample_message("triples", 99)
         oversize["padding"] = "x" * 4096
         with trio.fail_after(LONG):
-            async with connect(ws_url(small, import_path(flow, "triples")),
-                               close_timeout=SHORT) as ws:
-                client = ImportClient(ws)
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(client.collect)
-                    for message in before:
-                        await client.send(encode(message))
-                    await client.send(encode(oversize))
-                    await client.wait_closed()
+            async with open_import(ws_url(small, import_path(flow, "triples")),
+                                   close_timeout=SHORT) as client:
+                for message in before:
+                    await client.send(encode(message))
+                await client.send(encode(oversize))
+                await client.wait_closed()
         assert client.closed is not None
         assert client.closed.rcvd is not None, "the server must send a close frame"
         assert client.closed.rcvd.code == 1009
@@ -450,16 +292,13 @@ async def test_frames_the_broker_refuses_get_publish_failed_and_the_cap_closes_w
         big = sample_message("triples", 1)
         big["padding"] = "x" * (9 * 1024 * 1024)
         with trio.fail_after(LONG):
-            async with connect(ws_url(capped, import_path(flow, "triples", receipts=True)),
-                               close_timeout=SHORT, max_size=None) as ws:
-                client = ImportClient(ws)
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(client.collect)
-                    await client.send(encode(first))
-                    await client.wait_ack(1)
-                    await client.send(encode(big))
-                    await client.send(encode(big))
-                    await client.wait_closed()
+            async with open_import(ws_url(capped, import_path(flow, "triples", receipts=True)),
+                                   close_timeout=SHORT, max_size=None) as client:
+                await client.send(encode(first))
+                await client.wait_ack(1)
+                await client.send(encode(big))
+                await client.send(encode(big))
+                await client.wait_closed()
         assert client.violations == []
         assert [(e["seq"], e["code"]) for e in client.errors] == [
             (2, "publish-failed"), (3, "publish-failed")]
@@ -473,14 +312,6 @@ async def test_frames_the_broker_refuses_get_publish_failed_and_the_cap_closes_w
 
 
 # ---------------------------------------------------------------- routes and HTTP
-
-
-async def expect_status(url: str, status: int) -> None:
-    """The WebSocket handshake at ``url`` is refused with HTTP ``status``."""
-    with trio.fail_after(SHORT), pytest.raises(InvalidStatus) as info:
-        async with connect(url):
-            pass
-    assert info.value.response.status_code == status, info.value.response.body
 
 
 async def test_unknown_kind_and_bad_flow_name_are_404_and_a_bad_query_is_400(
@@ -539,9 +370,9 @@ async def test_metrics_count_imported_and_rejected_frames_by_kind(
     assert_acks_sane(client, 15)
     status, text = await http_get(gateway.port, "/metrics")
     assert status == 200
-    imported = metric_values(text, "messages_imported_total")
+    imported = metric_samples(text, "messages_imported_total")
     assert imported[frozenset({("kind", "triples")})] == 12
-    rejected = metric_values(text, "messages_rejected_total")
+    rejected = metric_samples(text, "messages_rejected_total")
     assert rejected[frozenset({("kind", "triples"), ("code", "invalid-message")})] == 2
     assert rejected[frozenset({("kind", "triples"), ("code", "unsupported-frame")})] == 1
 

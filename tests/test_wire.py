@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from quiesce.core import wire
 from quiesce.core.errors import InvalidMessage
-from quiesce.core.wire import KINDS, sample_message, validate, validate_object
+from quiesce.core.wire import KINDS, validate, validate_object
+from tests.data import sample_message
 
 # The name of the list of items that follows "metadata" in each kind.
 LIST_FIELD = {
