@@ -122,6 +122,7 @@ __all__ = [
     "KINDS",
     "XSD_STRING",
     "convert_frame",
+    "convert_wire",
     "detect",
     "dumps",
     "from_pulsar",
@@ -147,7 +148,6 @@ XSD_STRING = "http://www.w3.org/2001/XMLSchema#string"
 _WIRE1_KINDS = frozenset(KINDS[:4])
 _OBJECT_KINDS = frozenset(("objects", "rows"))
 _PLAIN_DATATYPES = frozenset(("", XSD_STRING))
-_NUMBER_TYPES = frozenset((int, float))
 
 _Msg = dict[str, Any]
 
@@ -1072,7 +1072,7 @@ def _w2_to_w1(kind: str, msg: _Msg, user: str) -> _Msg:
     metadata = {
         "id": m["id"],
         "metadata": _w1_of_w2_triples(m.get("metadata", ()), ("metadata", "metadata")),
-        "user": m.get("user") or user,
+        "user": m["user"] if "user" in m else user,
         "collection": m["collection"],
     }
     if kind == "triples":
@@ -1191,6 +1191,35 @@ def from_pulsar(
         raise InvalidMessage(
             f"not a {profile.value} {kind} payload: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def convert_wire(
+    kind: str,
+    msg: _Msg,
+    generation: Profile,
+    fmt: Profile,
+    *,
+    user: str = DEFAULT_USER,
+) -> _Msg:
+    """Convert a validated wire message from one wire format into another.
+
+    ``TG1 -> TG2`` always succeeds: what 2.11 has no field for goes into the legacy fields
+    (module docstring), so converting back gives the same message. ``TG2 -> TG1`` raises where
+    1.x has no place for the content; ``user`` is the user of a 2.x message that names none.
+    The same format returns ``msg`` itself.
+
+    Raises:
+        InvalidMessage: (into 1.x) the message holds something 1.x cannot carry.
+    """
+    _kind_check(kind)
+    if generation is fmt:
+        return msg
+    try:
+        if fmt is Profile.TG2:
+            return _w1_to_w2(kind, msg)
+        return _w2_to_w1(kind, msg, user)
+    except RecursionError:
+        raise InvalidMessage("nested too deeply") from None
 
 
 def convert_frame(
