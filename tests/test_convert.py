@@ -48,7 +48,7 @@ from quiesce.core.profiles import (
     default_topic,
     interface,
 )
-from quiesce.core.wire import sample_message
+from tests.data import sample_message
 
 TG1, TG2 = Profile.TG1, Profile.TG2
 XSD_INT = "http://www.w3.org/2001/XMLSchema#integer"
