@@ -35,10 +35,17 @@ class TransitionLog:
         self._fields = {"machine": machine, "actor": actor_id, **fields}
 
     def after_transition(self, event: Any, source: Any, target: Any) -> None:
-        """Log the transition just taken (called by python-statemachine)."""
+        """Log the transition just taken (called by python-statemachine).
+
+        A fact that leaves the state as it was (an internal transition: a handshake admitted
+        while serving, a second close while draining) is logged at DEBUG: INFO has one line
+        per change of state.
+        """
         if source is None:  # the initial state's activation, not a transition
             return
-        self._logger.info(
+        level = logging.DEBUG if source.id == target.id else logging.INFO
+        self._logger.log(
+            level,
             "%s %s: %s -> %s (%s)",
             self._fields["machine"], self._fields["actor"], source.id, target.id, event,
             extra={**self._fields, "event": str(event), "source": source.id,
