@@ -37,12 +37,16 @@ class Lifecycle(StateChart[Any]):
         return any(state.final for state in self.configuration)
 
 
-def stays(state: State, on: str | None = None) -> TransitionList:
+def stays(state: State, on: str | None = None, unless: str | None = None) -> TransitionList:
     """Declare that an event is legal in ``state`` and keeps it there (an internal transition).
 
     This is how a machine says "this fact may arrive here, and changes nothing but what
     ``on`` records": the actor never has to probe the state before reporting it.
     """
-    kwargs = {"internal": True} if on is None else {"internal": True, "on": on}
+    kwargs: dict[str, object] = {"internal": True}
+    if on is not None:
+        kwargs["on"] = on
+    if unless is not None:
+        kwargs["unless"] = unless
     result: TransitionList = state.to.itself(**kwargs)  # type: ignore[no-untyped-call]
     return result

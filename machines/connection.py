@@ -46,7 +46,9 @@ class ConnectionMachine(Lifecycle):
     closing = State()
     closed = State(final=True)
 
-    opened = opening.to(draining, cond="stop_requested") | opening.to(running)
+    opened = opening.to(draining, cond="stop_requested") | opening.to(
+        running, unless="stop_requested"
+    )
     open_failed = opening.to(draining, on="note_failure")
     client_closed = (
         running.to(draining, on="note_client_closed")
@@ -77,7 +79,9 @@ class ConnectionMachine(Lifecycle):
         | stays(draining, on="note_cut")
         | stays(closing)
     )
-    drained = draining.to(closing, cond="worker_done") | draining.to(closing, on="note_forced")
+    drained = draining.to(closing, cond="worker_done") | draining.to(
+        closing, unless="worker_done", on="note_forced"
+    )
     socket_closed = closing.to(closed)
 
     def __init__(self, worker: WorkerMachine) -> None:

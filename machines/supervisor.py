@@ -37,11 +37,13 @@ class SupervisorMachine(Lifecycle):
     exited = State(final=True)
     failed = State(final=True)
 
-    ready = starting.to(stopped, cond="stop_requested") | starting.to(serving)
+    ready = starting.to(stopped, cond="stop_requested") | starting.to(
+        serving, unless="stop_requested"
+    )
     drain = (
         stays(starting, on="note_stop")
         | serving.to(stopped, cond="no_connections", on="note_stop")
-        | serving.to(draining, on="note_stop")
+        | serving.to(draining, unless="no_connections", on="note_stop")
         | stays(draining)
         | stays(forcing)
         | stays(stopped)
@@ -55,9 +57,9 @@ class SupervisorMachine(Lifecycle):
     release = (
         stays(serving, on="count_out")
         | draining.to(stopped, cond="last_connection", on="count_out")
-        | stays(draining, on="count_out")
+        | stays(draining, unless="last_connection", on="count_out")
         | forcing.to(stopped, cond="last_connection", on="count_out")
-        | stays(forcing, on="count_out")
+        | stays(forcing, unless="last_connection", on="count_out")
     )
     deadline = draining.to(forcing) | stays(forcing) | stays(stopped)
     exit = stopped.to(exited)

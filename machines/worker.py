@@ -44,7 +44,9 @@ class WorkerMachine(Lifecycle):
     abandoned = State(final=True)
 
     drain = running.to(draining)
-    conclude = draining.to(stopped, cond="all_settled") | draining.to(abandoned)
+    conclude = draining.to(stopped, cond="all_settled") | draining.to(
+        abandoned, unless="all_settled"
+    )
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
