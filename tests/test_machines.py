@@ -161,6 +161,29 @@ def test_the_shutdown_deadline_forces_the_close_even_with_the_worker_done() -> N
     assert machine.forced and machine.close_code is CloseCode.INTERNAL
 
 
+def test_a_server_drain_gives_an_import_a_grace_until_its_client_goes_quiet() -> None:
+    """With ``grace``, a server drain leaves intake open; ``quiet`` then ends it with 1001."""
+    machine = ConnectionMachine(WorkerMachine(Settled()), grace=True)
+    machine.opened()
+    refused(machine, "quiet")  # no drain asked for: the fact cannot be
+    machine.server_drain()
+    assert machine.state == "running" and machine.intake_open
+    machine.quiet()
+    assert machine.state == "draining"
+    drain_and_close(machine)
+    assert machine.close_code is CloseCode.GOING_AWAY and not machine.forced
+
+
+def test_a_client_close_during_the_grace_is_echoed() -> None:
+    """A client that finishes and closes within the grace gets its own close code back."""
+    machine = ConnectionMachine(WorkerMachine(Settled()), grace=True)
+    machine.opened()
+    machine.server_drain()
+    machine.client_closed()
+    drain_and_close(machine)
+    assert machine.close_code is None
+
+
 def test_a_drain_requested_while_opening_skips_running() -> None:
     """``opened`` goes straight to draining when the server drained during the open."""
     machine = ConnectionMachine(WorkerMachine(Settled()))
