@@ -1,0 +1,132 @@
+"""A tiny WebSocket server that records exactly what a client sends (no broker, no gateway).
+
+Used to pin down the wire behaviour of TrustGraph's released tools: the request path and
+query, a few headers, every frame in order, and how the client ends the connection. On
+export paths it plays a scripted feed (``feeds[kind]``: JSON messages sent as text frames)
+and then waits for the client, so exporters can be observed reading.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.server import ServerConnection, serve
+
+__all__ = ["Capture", "Captured"]
+
+
+@dataclass
+class Captured:
+    """One recorded WebSocket connection.
+
+    Attributes:
+        path: the request target's path (``/api/v1/flow/f/import/triples``).
+        query: the parsed query string (``{"workspace": ["default"]}``).
+        headers: the request headers of interest, lower-case names.
+        frames: each data frame received, in order: ``str`` for text, ``bytes`` for binary.
+        close_code: the client's close code (None: the TCP connection ended without one).
+        sent: how many feed frames the server sent on this connection.
+        done: set when the connection has ended.
+    """
+
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    frames: list[str | bytes] = field(default_factory=list)
+    close_code: int | None = None
+    sent: int = 0
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def kind(self) -> str:
+        """The last path segment (the kind)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def messages(self) -> list[Any]:
+        """The text frames parsed as JSON."""
+        return [json.loads(f) for f in self.frames if isinstance(f, str)]
+
+
+class Capture:
+    """Records every WebSocket connection made to it; start with ``nursery.start(c.serve)``.
+
+    Args:
+        feeds: export kind -> JSON messages to send (as text frames) on an export path.
+    """
+
+    HEADERS = ("authorization", "user-agent", "sec-websocket-protocol", "origin")
+
+    def __init__(self, feeds: dict[str, list[Any]] | None = None) -> None:
+        self.feeds = feeds or {}
+        self.connections: list[Captured] = []
+        self.port = 0
+        self._changed = trio.Event()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT/`` (TrustGraph tools take the http form and convert it)."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        target = urlsplit(request.path)
+        captured = Captured(
+            path=target.path,
+            query=parse_qs(target.query, keep_blank_values=True),
+            headers={h: request.headers[h] for h in self.HEADERS if h in request.headers},
+        )
+        self.connections.append(captured)
+        self._notify()
+        try:
+            async with trio.open_nursery() as nursery:
+                if "/export/" in captured.path:
+                    nursery.start_soon(self._feed, ws, captured)
+                try:
+                    async for frame in ws:
+                        captured.frames.append(frame)
+                        self._notify()
+                except ConnectionClosed:
+                    pass  # the client went away without a close frame: recorded below
+                nursery.cancel_scope.cancel()
+        finally:
+            received = ws.protocol.close_rcvd
+            captured.close_code = None if received is None else int(received.code)
+            captured.done.set()
+            self._notify()
+
+    async def _feed(self, ws: ServerConnection, captured: Captured) -> None:
+        try:
+            for message in self.feeds.get(captured.kind, []):
+                await ws.send(json.dumps(message))
+                captured.sent += 1
+                self._notify()
+        except ConnectionClosed:
+            pass
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Any, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until ``predicate(self)`` holds."""
+        with trio.fail_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Listen on a free loopback port until cancelled."""
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve(self._handler, 0, host="127.0.0.1",
+                                          max_size=None, ping_interval=None,
+                                          task_status=task_status))
+            self.port = server.listeners[0].socket.getsockname()[1]
+            task_status.started()
