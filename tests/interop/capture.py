@@ -114,9 +114,9 @@ class Capture:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_for(self, predicate: Any, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until ``predicate(self)`` holds."""
-        with trio.fail_after(timeout):
+    async def wait_for(self, predicate: Any, within: float) -> None:
+        """Wait (at most ``within`` s) until ``predicate(self)`` holds."""
+        with trio.fail_after(within):
             while not predicate(self):
                 await self._changed.wait()
 

@@ -18,6 +18,7 @@ What the fixtures give:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,21 @@ DRIVER = HERE / "tg_driver.py"
 GATEWAY_START_TIMEOUT = 30.0
 GATEWAY_STOP_TIMEOUT = 40.0
 TOOL_TIMEOUT = 120.0
+# Probes (metadata id PROBE) find out when an exporter's subscription exists; END marks the
+# end of what a test published. A probe not reported within PROBE_WAIT is taken as published
+# before the subscription existed.
+PROBE = "quiesce-probe"
+END = "quiesce-end"
+PROBE_WAIT = 5.0
+PROBE_TRIES = 8
+EXPORT_TIMEOUT = 60.0
+# How long a read of a topic must find nothing for the topic to count as empty.
+EMPTY_PROOF_MS = 2000
 
 _ENV_REPORT: dict[str, TgEnv] = {}
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/interop ``interop``."""
     for item in items:
@@ -180,10 +193,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-async def run_tool(argv: list[str | Path], timeout: float = TOOL_TIMEOUT) -> ToolRun:
-    """Run ``argv`` to completion (at most ``timeout`` s) and return its outcome."""
+async def run_tool(argv: list[str | Path], within: float = TOOL_TIMEOUT) -> ToolRun:
+    """Run ``argv`` to completion (at most ``within`` s) and return its outcome."""
     args = [str(a) for a in argv]
-    with trio.fail_after(timeout):
+    with trio.fail_after(within):
         result = await trio.run_process(args, capture_stdout=True, capture_stderr=True,
                                         check=False, env=tool_env(),
                                         stdin=subprocess.DEVNULL)
@@ -216,9 +229,9 @@ class LineReader:
         self.closed = True
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float) -> bool:
-        """Wait until ``predicate(lines)`` holds; False after ``timeout`` s or at EOF."""
-        with trio.move_on_after(timeout):
+    async def wait_for(self, predicate: Callable[[list[str]], bool], within: float) -> bool:
+        """Wait until ``predicate(lines)`` holds; False after ``within`` s or at EOF."""
+        with trio.move_on_after(within):
             while not predicate(self.lines):
                 if self.closed:
                     return predicate(self.lines)
@@ -237,9 +250,25 @@ def topic(flow: str, kind: str) -> str:
     return Settings().topic_for(flow, kind)
 
 
+def _read_or_empty(client: pulsar.Client, name: str) -> list[dict[str, Any]]:
+    try:
+        return read_topic(client, name)
+    except pulsar.PulsarException:
+        # pulsar-lite fails "more available?" (getLastMessageId) on a topic that never had a
+        # message; it is empty only if a plain read finds nothing either.
+        reader = client.create_reader(name, pulsar.MessageId.earliest)
+        try:
+            reader.read_next(EMPTY_PROOF_MS)
+        except pulsar.Timeout:
+            return []
+        finally:
+            reader.close()
+        raise
+
+
 async def persisted(client: pulsar.Client, flow: str, kind: str) -> list[dict[str, Any]]:
     """Every message in the topic of (flow, kind), de-duplicated by message id."""
-    return await trio.to_thread.run_sync(read_topic, client, topic(flow, kind))
+    return await trio.to_thread.run_sync(_read_or_empty, client, topic(flow, kind))
 
 
 async def publish(client: pulsar.Client, flow: str, kind: str, message: dict[str, Any]) -> None:
@@ -253,6 +282,33 @@ async def publish(client: pulsar.Client, flow: str, kind: str, message: dict[str
             producer.close()
 
     await trio.to_thread.run_sync(send)
+
+
+async def start(nursery: trio.Nursery, argv: list[str | Path]) -> tuple[trio.Process, LineReader]:
+    """Start ``argv`` in ``nursery`` with its stdout collected line by line."""
+    process: trio.Process = await nursery.start(partial(
+        trio.run_process, [str(a) for a in argv], stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, check=False, env=tool_env()))  # stderr: pytest captures it
+    reader = LineReader(process)
+    nursery.start_soon(reader.pump)
+    return process, reader
+
+
+async def await_subscription(client: pulsar.Client, flow: str, kind: str,
+                             probe: dict[str, Any], reader: LineReader,
+                             seen: Callable[[list[str]], bool]) -> int:
+    """Publish ``probe`` to the topic of (flow, kind) until ``seen(lines)`` holds for the
+    exporter's output; return how many probes were published.
+
+    Exporters connect without a subscription name, so they get only what is published after
+    their subscription exists; no event says when that is, so this asks the exporter itself.
+    """
+    for tries in range(1, PROBE_TRIES + 1):
+        await publish(client, flow, kind, probe)
+        if await reader.wait_for(seen, PROBE_WAIT):
+            return tries
+        assert not reader.closed, "the exporter ended before any probe reached it"
+    raise AssertionError(f"no probe reached the exporter in {PROBE_TRIES} tries")
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +326,21 @@ class FramesRejected(NeedsProfiles):
 
 class KindRefused(NeedsProfiles):
     """The handshake of a 2.x-only kind (``rows``) was refused with HTTP 404."""
+
+
+def outside_trio_mode(test: Callable[..., Any]) -> Callable[..., None]:
+    """Run the async ``test`` with ``trio.run`` instead of pytest-trio.
+
+    pytest-trio runs a test inside a nursery, so whatever it raises reaches pytest wrapped in
+    an ExceptionGroup, and ``xfail(raises=…)`` cannot see the exception's type. Run this way,
+    the test's own exception reaches pytest as it is. Fixtures must then be synchronous.
+    """
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        trio.run(partial(test, *args, **kwargs))
+
+    return run
 
 
 def rejected(gateway: GatewayProcess, kind: str) -> float:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +26,19 @@ from rdflib.compare import isomorphic
 from tests.interop import data
 from tests.interop.conftest import (
     DRIVER,
+    END,
+    EXPORT_TIMEOUT,
+    PROBE,
     GatewayProcess,
-    LineReader,
+    await_subscription,
     persisted,
     publish,
     rejected,
     run_tool,
-    tool_env,
+    start,
 )
 from tests.interop.envs import TgEnv
 
-PROBE = "quiesce-probe"
-END = "quiesce-end"
-# A probe not reported within this is taken as published before the subscription existed.
-PROBE_WAIT = 5.0
-PROBE_TRIES = 8
-EXPORT_TIMEOUT = 60.0
 N_TRIPLES = 60
 
 
@@ -69,27 +64,6 @@ def all_objects_iris(g: rdflib.Graph) -> list[tuple[tuple[str, bool], ...]]:
     """``g`` as :func:`data.value_triples` gives it, with every object marked an IRI (what
     1.9.4's tg-load-turtle and tg-load-knowledge send, literals included)."""
     return sorted(((str(s), True), (str(p), True), (str(o), True)) for s, p, o in g)
-
-
-async def start(nursery: trio.Nursery, argv: list[str | Path]) -> tuple[trio.Process, LineReader]:
-    """Start ``argv`` in ``nursery`` with its stdout collected line by line."""
-    process: trio.Process = await nursery.start(partial(
-        trio.run_process, [str(a) for a in argv], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False, env=tool_env()))
-    reader = LineReader(process)
-    nursery.start_soon(reader.pump)
-    return process, reader
-
-
-async def await_subscription(client: pulsar.Client, flow: str, kind: str,
-                             reader: LineReader, seen: Any) -> int:
-    """Publish probes until ``seen(lines)`` reports one; return how many were published."""
-    for tries in range(1, PROBE_TRIES + 1):
-        await publish(client, flow, kind, probe_message(kind))
-        if await reader.wait_for(seen, PROBE_WAIT):
-            return tries
-        assert not reader.closed, "the exporter ended before any probe reached it"
-    raise AssertionError(f"no probe reached the exporter in {PROBE_TRIES} tries")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +170,7 @@ async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayPr
         exporter, out = await start(nursery, [
             env.python, DRIVER, "export", kind, "--url", gateway.http_url, "--flow", flow,
             "--count", str(frames), "--probe", PROBE])
-        await await_subscription(pulsar_client, flow, kind, out,
+        await await_subscription(pulsar_client, flow, kind, probe_message(kind), out,
                                  lambda lines: any("probe" in json.loads(x) for x in lines))
         argv: list[str | Path] = [env.python, DRIVER, "import", kind, "--url", gateway.http_url,
                                   "--flow", flow, "--items", path]
@@ -260,7 +234,7 @@ async def test_doc_embeds_round_trip(version: str, tg_env: Any, gateway: Gateway
         saver, out = await start(nursery, [env.script("tg-save-doc-embeds"), "-u",
                                            gateway.http_url, "-f", flow, "-o", saved])
         label = "Document embeddings"
-        await await_subscription(pulsar_client, flow, kind, out,
+        await await_subscription(pulsar_client, flow, kind, probe_message(kind), out,
                                  lambda lines: stats_count(lines, label) >= 1)
         probes_seen = stats_count(out.lines, label)
         run = await run_tool([env.script("tg-load-doc-embeds"), "-u", gateway.http_url,
