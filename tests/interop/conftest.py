@@ -59,6 +59,7 @@ EXPORT_TIMEOUT = 60.0
 EMPTY_PROOF_MS = 2000
 
 _ENV_REPORT: dict[str, TgEnv] = {}
+_COUNTS: dict[str, dict[str, int]] = {}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
@@ -71,6 +72,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Report, per TrustGraph version used, its packages, build time, cache state and size."""
+    if _COUNTS:
+        terminalreporter.section("interop counts")
+        for nodeid, counts in _COUNTS.items():
+            shown = ", ".join(f"{k}={v}" for k, v in counts.items())
+            terminalreporter.write_line(f"{nodeid.rsplit('/', 1)[-1]}: {shown}")
     if not _ENV_REPORT:
         return
     terminalreporter.section("TrustGraph environments")
@@ -92,6 +98,19 @@ def tg_env() -> Callable[[str], TgEnv]:
         return _ENV_REPORT[version]
 
     return get
+
+
+Counts = Callable[..., None]
+
+
+@pytest.fixture
+def counts(request: pytest.FixtureRequest) -> Counts:
+    """``counts(sent=…, persisted=…, …)``: record this test's counts for the summary."""
+
+    def record(**values: int) -> None:
+        _COUNTS.setdefault(request.node.nodeid, {}).update(values)
+
+    return record
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tests.interop.conftest import (
     END,
     EXPORT_TIMEOUT,
     PROBE,
+    Counts,
     GatewayProcess,
     await_subscription,
     persisted,
@@ -72,8 +73,10 @@ def all_objects_iris(g: rdflib.Graph) -> list[tuple[tuple[str, bool], ...]]:
 
 
 @pytest.mark.parametrize("version", ["1.4.22", "1.9.4"])
-async def test_load_turtle(version: str, tg_env: Any, gateway: GatewayProcess,
-                           pulsar_client: pulsar.Client, flow: str, tmp_path: Path) -> None:
+async def test_load_turtle(
+    version: str, tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client,
+    flow: str, tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-turtle sends one frame per triple and every triple reaches the topic intact."""
     env: TgEnv = tg_env(version)
     source = data.write_turtle(tmp_path / "g.ttl", N_TRIPLES, "tg1")
@@ -84,6 +87,9 @@ async def test_load_turtle(version: str, tg_env: Any, gateway: GatewayProcess,
     assert run.returncode == 0 and "File loaded." in run.stdout, run
 
     messages = await persisted(pulsar_client, flow, "triples")
+    counts(triples=N_TRIPLES, frames_sent=N_TRIPLES, persisted=len(messages),
+           persisted_triples=data.count_triples(messages),
+           rejected=int(rejected(gateway, "triples") - before))
     assert rejected(gateway, "triples") == before
     assert len(messages) == N_TRIPLES  # 1 frame per triple
     assert data.count_triples(messages) == N_TRIPLES
@@ -98,8 +104,10 @@ async def test_load_turtle(version: str, tg_env: Any, gateway: GatewayProcess,
 
 
 @pytest.mark.parametrize("version", ["1.4.22", "1.9.4"])
-async def test_load_knowledge(version: str, tg_env: Any, gateway: GatewayProcess,
-                              pulsar_client: pulsar.Client, flow: str, tmp_path: Path) -> None:
+async def test_load_knowledge(
+    version: str, tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client,
+    flow: str, tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-knowledge sends triples then one entity context per literal, all persisted."""
     env: TgEnv = tg_env(version)
     source = data.write_turtle(tmp_path / "g.ttl", N_TRIPLES, "tg1")
@@ -112,6 +120,8 @@ async def test_load_knowledge(version: str, tg_env: Any, gateway: GatewayProcess
 
     triples = await persisted(pulsar_client, flow, "triples")
     contexts = await persisted(pulsar_client, flow, "entity-contexts")
+    counts(triples_sent=N_TRIPLES, triples_persisted=len(triples), contexts_sent=len(literals),
+           contexts_persisted=len(contexts))
     assert rejected(gateway, "triples") + rejected(gateway, "entity-contexts") == before
     assert (len(triples), data.count_triples(triples)) == (N_TRIPLES, N_TRIPLES)
     assert len(contexts) == len(literals)  # 1 frame per literal-valued triple
@@ -155,9 +165,10 @@ def bulk_items(kind: str, n: int) -> tuple[list[Any], dict[str, Any] | None, int
 
 @pytest.mark.parametrize("kind", ["triples", "graph-embeddings", "document-embeddings",
                                   "entity-contexts"])
-async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayProcess,
-                                      pulsar_client: pulsar.Client, flow: str,
-                                      tmp_path: Path) -> None:
+async def test_bulk_client_round_trip(
+    kind: str, tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """Api(url).bulk() of 1.9.4 imports a kind and exports back everything that landed."""
     env: TgEnv = tg_env("1.9.4")
     n = 25
@@ -185,6 +196,8 @@ async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayPr
 
     landed = [m for m in await persisted(pulsar_client, flow, kind) if not is_marker(m)]
     exported = [x for x in map(json.loads, out.lines) if "probe" not in x]
+    counts(items=len(items), frames_sent=frames, persisted=len(landed), exported=len(exported),
+           rejected=int(rejected(gateway, kind) - before))
     assert rejected(gateway, kind) == before
     assert len(landed) == frames  # one frame per item, every frame persisted
     assert len(exported) == frames
@@ -219,9 +232,10 @@ def stats_count(lines: list[str], label: str) -> int:
 
 
 @pytest.mark.parametrize("version", ["1.4.22", "1.9.4"])
-async def test_doc_embeds_round_trip(version: str, tg_env: Any, gateway: GatewayProcess,
-                                     pulsar_client: pulsar.Client, flow: str,
-                                     tmp_path: Path) -> None:
+async def test_doc_embeds_round_trip(
+    version: str, tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client,
+    flow: str, tmp_path: Path, counts: Counts,
+) -> None:
     """A core loaded by tg-load-doc-embeds is saved back by tg-save-doc-embeds, value for value."""
     env: TgEnv = tg_env(version)
     entries = data.de_core_entries(12, chunks=3, generation="tg1")
@@ -255,10 +269,14 @@ async def test_doc_embeds_round_trip(version: str, tg_env: Any, gateway: Gateway
             await saver.wait()
 
     landed = [m for m in await persisted(pulsar_client, flow, kind) if not is_marker(m)]
+    core = data.read_de_core(saved)
+    counts(entries=len(entries), frames_sent=stats_count(run.stdout.splitlines(),
+                                                         "Graph embeddings"),
+           persisted=len(landed), saved=sum(c[1]["m"]["i"] not in (PROBE, END) for c in core),
+           probes_saved=sum(c[1]["m"]["i"] == PROBE for c in core))
     assert rejected(gateway, kind) == before
     assert len(landed) == len(entries)  # one frame per core entry
     assert [m["metadata"]["id"] for m in landed] == [e[1]["m"]["i"] for e in entries]
-    core = data.read_de_core(saved)
     ids = [c[1]["m"]["i"] for c in core]
     assert ids[-1] == END, f"the end marker was not saved last: {ids}"
     saved_entries = [c for c in core if c[1]["m"]["i"] not in (PROBE, END)]

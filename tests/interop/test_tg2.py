@@ -34,6 +34,7 @@ from tests.interop.conftest import (
     END,
     EXPORT_TIMEOUT,
     PROBE,
+    Counts,
     FramesRejected,
     GatewayProcess,
     KindRefused,
@@ -63,7 +64,7 @@ def frames_for(items: int, per_frame: int) -> int:
 
 
 async def landed(gateway: GatewayProcess, client: pulsar.Client, flow: str, kind: str,
-                 frames: int, rejected_before: float) -> list[dict[str, Any]]:
+                 frames: int, rejected_before: float, counts: Counts) -> list[dict[str, Any]]:
     """What the tool's ``frames`` frames of ``kind`` left in the topic (markers excluded).
 
     Raises:
@@ -72,6 +73,8 @@ async def landed(gateway: GatewayProcess, client: pulsar.Client, flow: str, kind
     messages = [m for m in await persisted(client, flow, kind)
                 if m.get("metadata", {}).get("id") not in (PROBE, END)]
     refused = rejected(gateway, kind) - rejected_before
+    counts(**{f"{kind}_frames_sent": frames, f"{kind}_persisted": len(messages),
+              f"{kind}_rejected": int(refused)})
     if not messages and refused == frames:
         raise FramesRejected(f"all {frames} {kind} frames rejected as invalid-message, "
                              f"none persisted")
@@ -80,9 +83,10 @@ async def landed(gateway: GatewayProcess, client: pulsar.Client, flow: str, kind
     return messages
 
 
-def check_handshake(run: ToolRun) -> None:
+def check_handshake(run: ToolRun, counts: Counts) -> None:
     """Raise KindRefused when the tool's WebSocket handshake was answered with HTTP 404."""
     if run.returncode != 0 and "HTTP 404" in run.stdout + run.stderr:
+        counts(handshake_status=404, rows_persisted=0)
         raise KindRefused(f"handshake refused with HTTP 404: {run.stderr[-300:]}")
 
 
@@ -112,8 +116,10 @@ def probe_tg2(kind: str, doc: str = PROBE) -> dict[str, Any]:
 
 @needs_profiles
 @outside_trio_mode
-async def test_load_turtle(tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client,
-                           flow: str, tmp_path: Path) -> None:
+async def test_load_turtle(
+    tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-turtle 2.11.1 batches 100 triples a frame; every triple must land intact."""
     env: TgEnv = tg_env(VERSION)
     source = data.write_turtle(tmp_path / "g.ttl", N_TRIPLES, "tg2")
@@ -122,15 +128,17 @@ async def test_load_turtle(tg_env: Any, gateway: GatewayProcess, pulsar_client: 
                           "-i", "doc1", "-C", "c1", tmp_path / "g.ttl"])
     assert run.returncode == 0 and "File loaded." in run.stdout, run
     messages = await landed(gateway, pulsar_client, flow, "triples",
-                            frames_for(N_TRIPLES, TRIPLES_PER_FRAME), before)
+                            frames_for(N_TRIPLES, TRIPLES_PER_FRAME), before, counts)
     assert data.count_triples(messages) == N_TRIPLES
     assert isomorphic(as_blank(data.graph_of(messages)), source)
 
 
 @needs_profiles
 @outside_trio_mode
-async def test_load_knowledge(tg_env: Any, gateway: GatewayProcess,
-                              pulsar_client: pulsar.Client, flow: str, tmp_path: Path) -> None:
+async def test_load_knowledge(
+    tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-knowledge 2.11.1 sends batched triples and entity contexts; all must land."""
     env: TgEnv = tg_env(VERSION)
     source = data.write_turtle(tmp_path / "g.ttl", N_TRIPLES, "tg2")
@@ -141,10 +149,11 @@ async def test_load_knowledge(tg_env: Any, gateway: GatewayProcess,
                           "-i", "doc1", "-C", "c1", tmp_path / "g.ttl"])
     assert run.returncode == 0 and "Triples and entity contexts loaded." in run.stdout, run
     triples = await landed(gateway, pulsar_client, flow, "triples",
-                           frames_for(N_TRIPLES, TRIPLES_PER_FRAME), before["triples"])
+                           frames_for(N_TRIPLES, TRIPLES_PER_FRAME), before["triples"], counts)
     assert isomorphic(as_blank(data.graph_of(triples)), source)
     ecs = await landed(gateway, pulsar_client, flow, "entity-contexts",
-                       frames_for(len(contexts), TRIPLES_PER_FRAME), before["entity-contexts"])
+                       frames_for(len(contexts), TRIPLES_PER_FRAME), before["entity-contexts"],
+                       counts)
     got = [(e["entity"], e["context"]) for m in ecs for e in m["entities"]]
     assert len(got) == len(contexts)
     assert all(entity["t"] == "i" for entity, _c in got)
@@ -183,9 +192,10 @@ def bulk_items(kind: str, n: int) -> tuple[list[Any], dict[str, Any] | None, int
 @pytest.mark.parametrize("kind", ["triples", "graph-embeddings", "document-embeddings",
                                   "entity-contexts"])
 @outside_trio_mode
-async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayProcess,
-                                      pulsar_client: pulsar.Client, flow: str,
-                                      tmp_path: Path) -> None:
+async def test_bulk_client_round_trip(
+    kind: str, tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """Api(url).bulk() of 2.11.1 imports a kind and exports back everything that landed."""
     env: TgEnv = tg_env(VERSION)
     n = 150 if kind in ("triples", "entity-contexts") else 20
@@ -215,7 +225,7 @@ async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayPr
 
     assert run.returncode == 0 and json.loads(run.stdout.splitlines()[-1]) == {
         "handed": len(items)}, run
-    messages = await landed(gateway, pulsar_client, flow, kind, frames, before)
+    messages = await landed(gateway, pulsar_client, flow, kind, frames, before, counts)
     exported = [x for x in map(json.loads, out.lines) if "probe" not in x]
     assert exporter.returncode == 0 and len(exported) == frames, out.lines
     if kind == "triples":
@@ -231,8 +241,10 @@ async def test_bulk_client_round_trip(kind: str, tg_env: Any, gateway: GatewayPr
 
 @needs_profiles
 @outside_trio_mode
-async def test_bulk_client_rows(tg_env: Any, gateway: GatewayProcess,
-                                pulsar_client: pulsar.Client, flow: str, tmp_path: Path) -> None:
+async def test_bulk_client_rows(
+    tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """bulk.import_rows of 2.11.1 sends 40 rows a frame to the rows kind; all must land."""
     env: TgEnv = tg_env(VERSION)
     n = 100
@@ -243,18 +255,19 @@ async def test_bulk_client_rows(tg_env: Any, gateway: GatewayProcess,
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     run = await run_tool([env.python, DRIVER, "import", "rows", "--url", gateway.http_url,
                           "--flow", flow, "--items", path])
-    check_handshake(run)
+    check_handshake(run, counts)
     assert run.returncode == 0, run
     messages = await landed(gateway, pulsar_client, flow, "rows",
-                            frames_for(n, ROWS_PER_FRAME), 0.0)
+                            frames_for(n, ROWS_PER_FRAME), 0.0, counts)
     assert [v for m in messages for v in m["values"]] == [r["values"] for r in rows]
 
 
 @needs_profiles
 @outside_trio_mode
-async def test_load_structured_data(tg_env: Any, gateway: GatewayProcess,
-                                    pulsar_client: pulsar.Client, flow: str,
-                                    tmp_path: Path) -> None:
+async def test_load_structured_data(
+    tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-structured-data --load of 2.11.1 imports CSV rows, 40 a frame; all must land."""
     env: TgEnv = tg_env(VERSION)
     n = 90
@@ -262,17 +275,19 @@ async def test_load_structured_data(tg_env: Any, gateway: GatewayProcess,
     run = await run_tool([env.script("tg-load-structured-data"), "-u", gateway.http_url,
                           "-f", flow, "--collection", "c1", "-i", tmp_path / "p.csv",
                           "-d", tmp_path / "p.json", "--load"])
-    check_handshake(run)
+    check_handshake(run, counts)
     assert run.returncode == 0 and "Load Complete" in run.stdout, run
     messages = await landed(gateway, pulsar_client, flow, "rows",
-                            frames_for(n, ROWS_PER_FRAME), 0.0)
+                            frames_for(n, ROWS_PER_FRAME), 0.0, counts)
     assert [v for m in messages for v in m["values"]] == expected
 
 
 @needs_profiles
 @outside_trio_mode
-async def test_load_doc_embeds(tg_env: Any, gateway: GatewayProcess,
-                               pulsar_client: pulsar.Client, flow: str, tmp_path: Path) -> None:
+async def test_load_doc_embeds(
+    tg_env: Any, gateway: GatewayProcess, pulsar_client: pulsar.Client, flow: str,
+    tmp_path: Path, counts: Counts,
+) -> None:
     """tg-load-doc-embeds 2.11.1 sends one frame per core entry; every entry must land."""
     env: TgEnv = tg_env(VERSION)
     entries = data.de_core_entries(10, chunks=2, generation="tg2")
@@ -283,7 +298,7 @@ async def test_load_doc_embeds(tg_env: Any, gateway: GatewayProcess,
     # As in 1.x, the console script always ends in a TypeError after doing its work.
     assert run.returncode == 1 and "TypeError: main() missing 1 required" in run.stderr, run
     messages = await landed(gateway, pulsar_client, flow, "document-embeddings",
-                            len(entries), before)
+                            len(entries), before, counts)
     # 2.11.1 sends chunk_id with the 1.x plural "vectors" (a list of vectors).
     got = [[(c["chunk_id"], c["vectors"]) for c in m["chunks"]] for m in messages]
     assert got == [[(c["c"], c["v"]) for c in e[1]["c"]] for e in entries]
