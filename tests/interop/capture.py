@@ -4,6 +4,12 @@ Used to pin down the wire behaviour of TrustGraph's released tools: the request 
 query, a few headers, every frame in order, and how the client ends the connection. On
 export paths it plays a scripted feed (``feeds[kind]``: JSON messages sent as text frames)
 and then waits for the client, so exporters can be observed reading.
+
+Frames are recorded as the connection parses them, not by the connection handler: a client
+that sends everything and its close frame right after the handshake (``tg-load-doc-embeds``
+does) can have its close processed before websockets.trio's ``serve`` would call the
+handler, and ``serve`` then never calls it (it checks the state is still OPEN). quiesce's
+gateway holds the client's close frame, so the same race cannot lose a connection there.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import Event
 from websockets.trio.server import ServerConnection, serve
 
 __all__ = ["Capture", "Captured"]
@@ -73,7 +81,10 @@ class Capture:
         """``http://127.0.0.1:PORT/`` (TrustGraph tools take the http form and convert it)."""
         return f"http://127.0.0.1:{self.port}/"
 
-    async def _handler(self, ws: ServerConnection) -> None:
+    def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
+        return _Recording(self, *args, **kwargs)
+
+    def _register(self, ws: ServerConnection) -> Captured:
         request = ws.request
         assert request is not None
         target = urlsplit(request.path)
@@ -84,20 +95,22 @@ class Capture:
         )
         self.connections.append(captured)
         self._notify()
+        return captured
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, _Recording)
+        captured = ws.captured()
         try:
             async with trio.open_nursery() as nursery:
                 if "/export/" in captured.path:
                     nursery.start_soon(self._feed, ws, captured)
                 try:
-                    async for frame in ws:
-                        captured.frames.append(frame)
-                        self._notify()
+                    async for _frame in ws:
+                        pass  # recorded by _Recording as parsed
                 except ConnectionClosed:
-                    pass  # the client went away without a close frame: recorded below
+                    pass  # the client went away without a close frame
                 nursery.cancel_scope.cancel()
         finally:
-            received = ws.protocol.close_rcvd
-            captured.close_code = None if received is None else int(received.code)
             captured.done.set()
             self._notify()
 
@@ -127,6 +140,44 @@ class Capture:
             server = await nursery.start(
                 lambda task_status: serve(self._handler, 0, host="127.0.0.1",
                                           max_size=None, ping_interval=None,
+                                          create_connection=self._connection,
                                           task_status=task_status))
             self.port = server.listeners[0].socket.getsockname()[1]
             task_status.started()
+
+
+class _Recording(ServerConnection):
+    """A server connection that records each data message and the close as it parses them."""
+
+    def __init__(self, capture: Capture, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._capture = capture
+        self._captured: Captured | None = None
+        self._fragments: list[bytes] = []
+        self._binary = False
+
+    def captured(self) -> Captured:
+        """This connection's record (made once the request is known)."""
+        if self._captured is None:
+            self._captured = self._capture._register(self)
+        return self._captured
+
+    def process_event(self, event: Event) -> None:
+        """Record data messages and the client's close code, then process as usual."""
+        super().process_event(event)
+        if not isinstance(event, Frame) or self.request is None:
+            return
+        captured = self.captured()
+        if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._binary = event.opcode is Opcode.BINARY
+            self._fragments = []
+        if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                payload = b"".join(self._fragments)
+                captured.frames.append(payload if self._binary else payload.decode())
+                self._capture._notify()
+        elif event.opcode is Opcode.CLOSE:
+            captured.close_code = Close.parse(event.data).code if event.data else None
+            captured.done.set()
+            self._capture._notify()

@@ -204,6 +204,8 @@ class ToolRun:
         return (f"$ {' '.join(self.argv)}\n-> exit {self.returncode}\n"
                 f"stdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-3000:]}")
 
+    __repr__ = __str__  # assertion messages show the whole outcome
+
 
 def tool_env() -> dict[str, str]:
     """The environment of a tool: unbuffered output, no TrustGraph settings of the caller."""
