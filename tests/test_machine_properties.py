@@ -22,6 +22,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from quiesce.core.errors import InvalidAck
 from quiesce.core.protocol import Backpressure, CloseCode, ErrorCode
 from quiesce.machines import (
+    BrokerMachine,
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
@@ -56,6 +57,7 @@ def machine_and_path(draw: st.DrawFn) -> tuple[Lifecycle, list[str]]:
         SupervisorMachine(),
         ConnectionMachine(WorkerMachine(ReceiptLedger(receipts=True, failure_cap=3))),
         WorkerMachine(ReceiptLedger(receipts=False, failure_cap=3)),
+        BrokerMachine(),
     ]))
     path = []
     for _ in range(draw(st.integers(0, 8))):

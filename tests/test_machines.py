@@ -11,6 +11,7 @@ from quiesce.core.errors import InvalidAck
 from quiesce.core.protocol import Backpressure, CloseCode, ErrorCode
 from quiesce.machines import (
     ALL_MACHINES,
+    BrokerMachine,
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
@@ -293,6 +294,20 @@ def test_the_supervisor_refuses_impossible_events() -> None:
     machine.ready()
     refused(machine, "ready")
     refused(machine, "exit")
+
+
+def test_a_broker_outage_turns_unready_only_when_it_lasts() -> None:
+    """Failed probes make the broker lost; only ``outage_long`` makes the gateway unready."""
+    machine = BrokerMachine()
+    machine.probe_failed()
+    machine.probe_failed()
+    assert machine.state == "lost" and machine.ready and not machine.up
+    machine.outage_long()
+    assert machine.state == "unready" and not machine.ready
+    refused(machine, "outage_long")
+    machine.probe_ok()
+    assert machine.state == "connected" and machine.ready and machine.up
+    refused(machine, "outage_long")
 
 
 def test_every_machine_class_is_strict() -> None:
