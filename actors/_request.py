@@ -60,11 +60,10 @@ __all__ = [
 KNOWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # A method is an RFC 9110 token; a longer one than this is taken for garbage.
 _METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
-# An origin-form target (RFC 9112 §3.2.1: path and query of RFC 3986 characters), an
-# absolute-form one, or "*" (OPTIONS).
-_TARGET = re.compile(
-    r"(?:https?://[A-Za-z0-9.:\[\]@%-]+)?/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*|\*"
-)
+# An origin-form target (RFC 9112 §3.2.1), an absolute-form one, or "*" (OPTIONS): visible
+# ASCII only. RFC 3986 allows fewer characters (no raw [ ] | ^ { } in a query), but clients
+# send them and nothing here is confused by them; controls, spaces and non-ASCII are refused.
+_TARGET = re.compile(r"(?:https?://[A-Za-z0-9.:\[\]@%-]+)?/[\x21-\x7e]*|\*")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Longest excerpt of a client's bytes quoted back in an answer.
 _EXCERPT = 60

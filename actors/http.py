@@ -61,8 +61,9 @@ UNAUTHORIZED = "unauthorized: give ?token= or Authorization: Bearer"
 
 
 def _credentials(request: Request, query: dict[str, list[str]]) -> list[str]:
+    # RFC 9110 §11.1: the scheme is case-insensitive.
     found = [value[7:].strip() for value in request.headers.get_all("Authorization")
-             if value.startswith("Bearer ")]
+             if value[:7].lower() == "bearer "]
     found += query.get("token", [])
     return found[:MAX_CREDENTIALS]
 

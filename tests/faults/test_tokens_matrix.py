@@ -181,13 +181,16 @@ async def test_metrics_needs_a_token_that_may_read_them(
 async def test_two_authorization_headers_are_answered_not_a_server_error(
     scoped: Supervisor, flow: str
 ) -> None:
-    """A request with two Bearer headers is judged on them (first match wins), never a 500."""
+    """Two Bearer headers are judged on both (first match wins), never a 500; "bearer" works."""
     request = (f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
                f"Authorization: Bearer {VALUES['reader']}\r\n\r\n").encode()
     assert (await raw_http(scoped.port, request)).status == 200
     request = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
                b"Authorization: Bearer b\r\n\r\n")
     assert (await raw_http(scoped.port, request)).status == 401
+    # The scheme is case-insensitive (RFC 9110 §11.1).
+    request = f"GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: bearer {SECRET}\r\n\r\n"
+    assert (await raw_http(scoped.port, request.encode())).status == 200
 
 
 async def test_sighup_reloads_tokens_while_open_connections_stay_open(
