@@ -69,7 +69,13 @@ from quiesce.actors.importer import ImportWorker
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
-from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
+from quiesce.core.config import (
+    LoadedSettings,
+    Settings,
+    load_settings,
+    render_reference,
+    render_settings,
+)
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
 from quiesce.core.protocol import CloseCode, Direction
 from quiesce.core.tokens import TokenSet, load_tokens
@@ -407,13 +413,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     config = sub.add_parser("config", help="print the effective settings and their sources")
     _add_setting_flags(config)
+    config.add_argument("--reference", action="store_true",
+                        help="print the reference of every setting (Markdown) instead")
     diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
     diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
     return parser
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "reference")}
     return load_settings(flags, os.environ, getattr(args, "config", None))
 
 
@@ -469,6 +478,9 @@ def render_diagrams(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quiesce`` command. Returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "config" and args.reference:
+        print(render_reference(), end="")
+        return EXIT_OK
     if args.command == "diagrams":
         try:
             for path in render_diagrams(Path(args.out)):

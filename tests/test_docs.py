@@ -65,3 +65,13 @@ async def test_every_metric_in_the_alert_rules_is_exported(
     for name in names:
         # prometheus-client names a counter's family with or without _total by version.
         assert {name, name.removesuffix("_total")} & families, f"{name} is not exported"
+
+
+def test_the_settings_reference_in_operations_is_what_the_settings_model_renders() -> None:
+    """docs/operations.md's settings table is `quiesce config --reference`, so it cannot drift."""
+    from quiesce.core.config import render_reference
+
+    text = (DOCS / "operations.md").read_text()
+    begin = text.index("<!-- settings:begin")
+    table = text[text.index("\n", begin) + 1:text.index("<!-- settings:end -->")]
+    assert table == render_reference()
