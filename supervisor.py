@@ -6,6 +6,8 @@ Commands::
                   [--shutdown-timeout S] [--secret TOKEN] [--log-format text|json] [--log-level L]
     quiesce config [same flags]     print the effective settings and where each came from
     quiesce diagrams [--out DIR]    render every lifecycle to SVG and Mermaid
+    quiesce import --url ws://HOST:PORT … FILE…   load JSON Lines or RDF (quiesce.client)
+    quiesce export --url ws://HOST:PORT …         dump or follow a flow (quiesce.client)
 
 The supervisor tree (see docs/architecture.md)::
 
@@ -65,6 +67,7 @@ from quiesce.actors.importer import ImportWorker
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
+from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
 from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
 from quiesce.core.protocol import CloseCode, Direction
@@ -344,6 +347,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(config)
     diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
     diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
+    add_client_commands(sub)
     return parser
 
 
@@ -404,6 +408,8 @@ def render_diagrams(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quiesce`` command. Returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
     if args.command == "diagrams":
         try:
             for path in render_diagrams(Path(args.out)):
