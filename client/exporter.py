@@ -17,6 +17,7 @@ closes with 1000.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -267,13 +268,17 @@ class Exporter:
                 if raw is None:  # idle, or stopped by the user
                     await self._commit(ws)
                     continue
-                self._on_frame(raw)
+                try:
+                    self._on_frame(raw)
+                except ClientError:
+                    await _close_discarding(ws)
+                    raise
                 if self._seq_written - self._seq_acked >= self.ack_every:
                     await self._commit(ws)
             # Stopped by the user: what was written is acked, the rest is the gateway's to
             # nack (it does when the client closes), so a rerun gets it.
             await self._commit(ws)
-            await ws.aclose()
+            await _close_discarding(ws)
             return None
         except ConnectionClosed as closed:
             return closed
@@ -318,3 +323,21 @@ class Exporter:
         self._seq_acked = seq
         self.progress.update(self.written)
 
+
+async def _close_discarding(ws: ClientConnection) -> None:
+    """Close the connection, dropping (never writing or acking) what still arrives meanwhile.
+
+    The gateway keeps sending until it reads the close frame; websockets stops reading the
+    socket once ``max_queue`` messages wait unread, and would then never see the gateway's
+    close frame (the close would wait out its timeout). The dropped messages were not acked,
+    so the gateway nacks them and the subscription delivers them again.
+    """
+
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(discard)
+        await ws.aclose()

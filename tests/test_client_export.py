@@ -1,0 +1,168 @@
+"""Integration tests of ``quiesce export`` (CONTRACT §4, §9), and import-export round trips.
+
+A real gateway and broker; the export client runs in the test's Trio loop (`export_flow`) or
+as the real command in a child process (`command_process`), which a test may SIGKILL or
+SIGINT. Output files are read back and counted: every message must be there, and a message
+may appear twice only if it was written and not yet acked when the client died. Nothing
+sleeps: waits are on lines of output, counts and processes, bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+from pathlib import Path
+
+import pulsar
+import trio
+from rdflib import Graph
+from rdflib.compare import isomorphic
+
+from quiesce.core.profiles import Profile
+from quiesce.supervisor import Supervisor
+from tests.data import id_of, sample_messages
+from tests.harness import (
+    LONG,
+    command_process,
+    export_flow,
+    import_files,
+    publish_messages,
+    topic_of,
+    wait_count,
+)
+
+# Turtle that TrustGraph 1.x can carry: URIs and plain literals only (with escapes, quotes,
+# newlines and non-ASCII text, which the wire formats must keep byte for byte).
+TURTLE_1X = """\
+@prefix ex: <http://example.org/> .
+@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+
+ex:alice a ex:Person ;
+    rdfs:label "Alice" ;
+    ex:knows ex:bob, ex:carol ;
+    ex:motto "Say \\"hello\\"\\nthen go" .
+ex:bob rdfs:label "Bob Ødegård" ; ex:knows ex:alice .
+ex:carol rdfs:label "Carol 東京" ; ex:homepage <http://example.org/~carol/index.html> .
+"""
+
+
+def count_lines(path: Path) -> collections.Counter[str]:
+    """How many times each message id is in a JSON Lines export (every line must parse)."""
+    return collections.Counter(id_of(json.loads(line)) for line in path.read_text().splitlines())
+
+
+# ---------------------------------------------------------------- round trips
+
+
+async def test_a_turtle_file_1x_can_carry_comes_back_isomorphic_as_n_triples_and_turtle(
+    gateway: Supervisor, flow: str, tmp_path: Path
+) -> None:
+    """Turtle of URIs and plain literals, imported as 1.x, comes back as the same graph."""
+    source = tmp_path / "people.ttl"
+    source.write_text(TURTLE_1X)
+    expected = Graph().parse(source, format="turtle")
+    assert len(expected) == 9
+
+    report = await import_files(gateway, flow, [source], wire=Profile.TG1, batch=4)
+    assert report.exit_code == 0, report.lines()
+    assert (report.frames_sent, report.receipted) == (3, 3)
+
+    nt = tmp_path / "back.nt"
+    ttl = tmp_path / "back.ttl"
+    exported_nt = await export_flow(gateway, flow, nt, "nt")
+    exported_ttl = await export_flow(gateway, flow, ttl, "ttl")
+    for exported in (exported_nt, exported_ttl):
+        assert exported.ended and exported.exit_code == 0, exported.lines()
+        assert (exported.written, exported.acked, exported.items) == (3, 3, 9)
+    back_nt = Graph().parse(nt, format="nt")
+    back_ttl = Graph().parse(ttl, format="turtle")
+    print(f"\n{len(expected)} triples; nt {len(back_nt)}, ttl {len(back_ttl)}\n"
+          + nt.read_text())
+    assert len(nt.read_text().splitlines()) == 9
+    assert isomorphic(back_nt, expected)
+    assert isomorphic(back_ttl, expected)
+    assert not (tmp_path / "back.ttl.quiesce-spool.nq").exists()
+
+
+# ---------------------------------------------------------------- crashes and Ctrl-C
+
+
+async def test_an_export_killed_half_way_then_rerun_has_every_message_with_bounded_duplicates(
+    gateway: Supervisor, pulsar_client: pulsar.Client, flow: str, tmp_path: Path
+) -> None:
+    """SIGKILL mid-dump, same command again: no gap; repeats only of written-not-acked lines."""
+    total, window = 20_000, 100
+    messages = sample_messages("triples", total)
+    await publish_messages(pulsar_client, topic_of("triples", flow), messages)
+    out = tmp_path / "dump.jsonl"
+    command = ["export", "--url", f"ws://127.0.0.1:{gateway.port}", "--flow", flow,
+               "--until-end", "--out", str(out), "--window", str(window),
+               "--progress", "lines"]
+
+    first = command_process(*command)
+    try:
+        with trio.fail_after(LONG):
+            at_kill = await wait_count(first, r"progress: (\d+) messages", total // 5)
+    finally:
+        first.stop(0)  # SIGKILL
+    assert first.process.returncode == -signal.SIGKILL
+    written_first = len(out.read_text().splitlines())
+    assert at_kill <= written_first < total, "the first run was not killed half-way"
+
+    second = command_process(*command)
+    try:
+        with trio.fail_after(LONG):
+            code = await second.wait_exit_async(LONG)
+    finally:
+        second.stop(0)
+    assert code == 0, second.log()
+    assert second.find(r"^end: everything in the subscription is written$")
+    lines = count_lines(out)
+    duplicates = sum(lines.values()) - len(lines)
+    print(f"\nkilled at {at_kill} acked ({written_first} lines written); rerun: "
+          f"{second.find('summary:')[0]}\n{sum(lines.values())} lines for {len(lines)} ids: "
+          f"{duplicates} duplicates (written, not yet acked at the kill)")
+    assert set(lines) == {id_of(m) for m in messages}
+    assert max(lines.values()) <= 2
+    # Only lines written after the last ack of the first run can come again.
+    assert duplicates <= written_first - at_kill + window
+
+
+async def test_ctrl_c_stops_an_export_with_everything_written_acked_and_nothing_else(
+    gateway: Supervisor, pulsar_client: pulsar.Client, flow: str, tmp_path: Path
+) -> None:
+    """SIGINT mid-dump acks exactly what was written; the rerun writes the rest, none twice."""
+    total = 20_000
+    messages = sample_messages("triples", total)
+    await publish_messages(pulsar_client, topic_of("triples", flow), messages)
+    out = tmp_path / "dump.jsonl"
+    command = ["export", "--url", f"ws://127.0.0.1:{gateway.port}", "--flow", flow,
+               "--until-end", "--out", str(out), "--window", "100", "--progress", "lines"]
+
+    first = command_process(*command)
+    try:
+        with trio.fail_after(LONG):
+            await wait_count(first, r"progress: (\d+) messages", total // 5)
+            first.signal(signal.SIGINT)
+            code = await first.wait_exit_async(LONG)
+    finally:
+        first.stop(0)
+    assert code == 130, first.log()
+    (summary,) = first.find(r"^summary: written \d+ messages, acked \d+")
+    written_first = len(out.read_text().splitlines())
+    assert f"summary: written {written_first} messages, acked {written_first}," in summary
+    assert written_first < total
+
+    second = command_process(*command)
+    try:
+        with trio.fail_after(LONG):
+            assert await second.wait_exit_async(LONG) == 0, second.log()
+    finally:
+        second.stop(0)
+    lines = count_lines(out)
+    duplicates = sum(lines.values()) - len(lines)
+    print(f"\nstopped after {written_first} written and acked; rerun: "
+          f"{second.find('summary:')[0]}; {duplicates} duplicates")
+    assert set(lines) == {id_of(m) for m in messages}
+    assert duplicates == 0
