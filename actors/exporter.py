@@ -25,11 +25,13 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
 
 from quiesce.actors._observe import TransitionLog
 from quiesce.actors.subscriber import Subscriber, message_key
 from quiesce.actors.websocket import Ending
+from quiesce.core.convert import dumps, from_pulsar
 from quiesce.core.errors import BrokerError, InvalidAck, InvalidMessage
 from quiesce.core.protocol import (
     END_FRAME,
@@ -37,6 +39,7 @@ from quiesce.core.protocol import (
     ErrorCode,
     envelope,
     error_frame,
+    invalid_payload,
 )
 from quiesce.machines.delivery import DeliveryLedger
 from quiesce.machines.worker import WorkerMachine
@@ -80,11 +83,13 @@ class ExportWorker:
         self._wake = trio.Event()  # set on an arrival, a client ack, or the client's end
         self._write_scope: trio.CancelScope | None = None
         self._concluded = False
+        self._invalid_logged = False
         metrics, kind = conn.metrics, route.kind
         self._exported = metrics.exported.labels(kind)
         self._acknowledged = metrics.acknowledged.labels(kind)
         self._nacked_dropped = metrics.subscriber_messages_nacked.labels(kind, "backpressure")
         self._nacked_end = metrics.subscriber_messages_nacked.labels(kind, "undelivered")
+        self._invalid = metrics.invalid_payloads.labels(kind)
 
     @property
     def depth(self) -> int:
@@ -167,7 +172,7 @@ class ExportWorker:
             # slot around a full queue would cost more than the messages.
             if ledger.low:
                 subscriber.resume()
-            payloads = [_text_payload(m.data()) for m in batch]
+            payloads = [self._wire_payload(m) for m in batch]
             if self.client_mode:
                 first = ledger.sent + 1
                 payloads = [envelope(first + i, p) for i, p in enumerate(payloads)]
@@ -188,6 +193,23 @@ class ExportWorker:
             self._exported.inc(len(batch))
             if to_ack:
                 self._ack(to_ack)
+
+    def _wire_payload(self, message: Any) -> bytes:
+        """The message as the client's wire format (``?format=``, else the profile's)."""
+        route, data = self.conn.route, message.data()
+        try:
+            wire = from_pulsar(route.kind, orjson.loads(data), route.profile, route.fmt,
+                               workspace=route.workspace)
+        except (orjson.JSONDecodeError, InvalidMessage) as exc:
+            detail = (f"not a {route.profile.value} {route.kind} payload, or not one "
+                      f"{route.fmt.value} can carry: {exc}")
+            self._invalid.inc()
+            if not self._invalid_logged:  # the first per connection; the metric counts all
+                self._invalid_logged = True
+                LOGGER.warning("message %s delivered as invalid-payload: %s",
+                               message.message_id(), detail[:200], extra=self.conn.log_fields)
+            return invalid_payload(detail, str(message.message_id()), data)
+        return dumps(wire)
 
     def intake_stopping(self) -> None:
         """Intake is ending: a write in progress gets the grace period to finish."""
@@ -257,12 +279,3 @@ class ExportWorker:
     async def aclose(self) -> None:
         """Close the consumer (or delete a fresh subscription)."""
         await self.subscriber.aclose()
-
-
-def _text_payload(data: bytes) -> bytes:
-    """A message's bytes as the payload of a text frame (which must be UTF-8)."""
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return data.decode(errors="replace").encode()
-    return data

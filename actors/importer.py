@@ -3,8 +3,11 @@
 Theory of operation. Per connection, two tasks and one ledger:
 
 - ``take`` (the intake) waits until fewer than ``publisher_max_queue_size`` frames are in
-  flight, then reads one frame; it numbers it in the ``ReceiptLedger``, validates it and
-  hands it to the producer, or rejects it at once (an error frame is owed). Awaiting
+  flight, then reads one frame; it numbers it in the ``ReceiptLedger``, parses it, detects
+  its wire format (TrustGraph 1.x or 2.x), validates it and converts it into the flow's
+  profile's Pulsar payload (``core/convert.py``), and hands that to the producer; or it
+  rejects the frame at once (an error frame is owed), e.g. when the profile cannot carry
+  it without losing something. Awaiting
   happens only where no frame is held, so cancelling intake — the first step of every
   drain — can never lose a received frame.
 - the producer's confirmations arrive in batches (``_settled``) and settle frames in the
@@ -32,9 +35,10 @@ import trio
 
 from quiesce.actors._observe import TransitionLog
 from quiesce.actors.publisher import Publisher
+from quiesce.core.convert import convert_frame, dumps
 from quiesce.core.errors import BrokerError, InvalidMessage
 from quiesce.core.protocol import ErrorCode, ack_frame, error_frame
-from quiesce.core.wire import validate
+from quiesce.core.wire import parse
 from quiesce.machines.receipts import ReceiptLedger
 from quiesce.machines.worker import WorkerMachine
 
@@ -106,7 +110,8 @@ class ImportWorker:
     async def take(self) -> None:
         """Read, number, validate and publish frames until the client's stream ends."""
         conn, ws, ledger, publisher = self.conn, self.conn.ws, self.ledger, self.publisher
-        kind, limit = conn.route.kind, self._limit
+        route, limit = conn.route, self._limit
+        kind, profile, workspace = route.kind, route.profile, route.workspace
         while True:
             while ledger.in_flight >= limit:
                 self._room = trio.Event()
@@ -122,12 +127,13 @@ class ImportWorker:
             seq = ledger.receive()
             if type(frame) is str:
                 try:
-                    validate(kind, frame)
+                    payload = dumps(convert_frame(kind, parse(frame), profile,
+                                                  workspace=workspace))
                 except InvalidMessage as exc:
                     self._reject(seq, exc.code, exc.detail)
                     continue
                 ledger.publish()
-                publisher.publish_nowait(seq, frame.encode())
+                publisher.publish_nowait(seq, payload)
             else:
                 self._reject(seq, ErrorCode.UNSUPPORTED_FRAME, BINARY_DETAIL)
 

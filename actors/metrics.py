@@ -92,6 +92,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.invalid_payloads = Counter(
+            "messages_invalid_payload",
+            "Messages in a topic that were not payloads of the flow's profile (or that the "
+            "requested wire format cannot carry): delivered as invalid-payload, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.acknowledged = Counter(
             "subscriber_messages_acknowledged",
             "Messages acknowledged in Pulsar after delivery, by kind",

@@ -14,9 +14,14 @@ flag change the port while the file still supplies everything else. :class:`Load
 records which of the four supplied each key, so ``quiesce config`` can show where a value came
 from and every error message names its origin (``(from env QUIESCE_PORT)``).
 
-Flows (``[flows.NAME]`` tables mapping kinds to topics) come only from the file: when any is
-present, only those flows and kinds exist; otherwise every valid flow name is routed through
-``topic_template``.
+Flows (``[flows.NAME]`` tables mapping kinds to topics, and optionally naming the flow's
+``profile``) come only from the file: when any is present, only those flows and kinds exist;
+otherwise every valid flow name is routed to its profile's TrustGraph topics, or through
+``topic_template`` when one is set.
+
+Profiles (CONTRACT §8): ``profile`` names the TrustGraph generation a deployment runs, ``tg1``
+(the default) or ``tg2``; a flow's table may name its own. The profile fixes the Pulsar
+payload encoding, the default topics (``quiesce.core.profiles``) and the export wire format.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quiesce.core.errors import ConfigError, RouteError
+from quiesce.core.profiles import (
+    COMMON_KINDS,
+    DEFAULT_WORKSPACE,
+    INTERFACES,
+    Profile,
+    default_topic,
+    interface,
+)
 
 __all__ = [
     "BACKPRESSURE",
@@ -41,8 +54,12 @@ __all__ = [
     "render_settings",
 ]
 
-KINDS = ("triples", "graph-embeddings", "document-embeddings", "entity-contexts")
+# The kinds every profile has; ``objects`` (tg1) and ``rows`` (tg2) come with their profile.
+KINDS = COMMON_KINDS
+PROFILES = tuple(p.value for p in Profile)
 BACKPRESSURE = ("block", "drop_oldest", "drop_new")
+# The fields a topic_template may use.
+TEMPLATE_FIELDS = frozenset({"kind", "interface", "flow", "workspace"})
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -74,7 +91,8 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     max_message_bytes: int = 50 * 1024 * 1024
-    topic_template: str = "persistent://tg/flow/{kind}:{flow}"
+    profile: str = "tg1"
+    topic_template: str | None = None
     publisher_max_queue_size: int = 1000
     publisher_drain_timeout: float = 5.0
     producer_flush_timeout: float = 5.0
@@ -86,6 +104,7 @@ class Settings:
     nack_redelivery_delay_ms: int = 1000
     export_window: int = 1000
     socket_grace_period: float = 2.0
+    import_drain_grace: float = 5.0
     max_consecutive_errors: int = 10
     metrics_enabled: bool = True
     queue_stats_on_shutdown: bool = True
@@ -97,36 +116,55 @@ class Settings:
             object.__setattr__(self, name, _coerce(name, getattr(self, name), None))
         object.__setattr__(self, "flows", _parse_flows(self.flows, None))
 
-    def topic_for(self, flow: str, kind: str) -> str:
+    def profile_for(self, flow: str) -> Profile:
+        """The profile of ``flow``: its ``[flows.NAME]`` table's, else the gateway's."""
+        table = self.flows.get(flow)
+        if table is not None and "profile" in table:
+            return Profile(table["profile"])
+        return Profile(self.profile)
+
+    def topic_for(self, flow: str, kind: str, workspace: str = DEFAULT_WORKSPACE) -> str:
         """Return the Pulsar topic that carries ``kind`` messages of ``flow``.
 
         Args:
             flow: the flow name from the request path.
-            kind: one of :data:`KINDS`.
+            kind: one of the flow's profile's kinds.
+            workspace: the 2.x workspace (``?workspace=``); ignored by ``tg1`` flows.
 
         Returns:
             The topic from the flow's ``[flows.NAME]`` table when flows are configured,
-            otherwise ``topic_template`` filled in with ``kind`` and ``flow``.
+            otherwise ``topic_template`` filled in when one is set, otherwise TrustGraph's own
+            topic for the flow's profile (``persistent://tg/flow/triples-store:FLOW`` for
+            ``tg1``, ``persistent://tg/flow/triples-store:WORKSPACE:FLOW`` for ``tg2``).
 
         Raises:
-            RouteError: ``unknown kind 'x'`` (not one of :data:`KINDS`), ``invalid flow name
-                'x': must match [A-Za-z0-9_.-]{1,64}``, ``unknown flow 'x'`` (flows are
-                configured and ``x`` is not one of them) or ``unknown kind 'x' for flow 'y'``
-                (the flow's table does not list that kind).
+            RouteError: ``invalid flow name 'x': must match [A-Za-z0-9_.-]{1,64}``, ``unknown
+                flow 'x'`` (flows are configured and ``x`` is not one of them), ``unknown kind
+                'x'`` (not a kind of the flow's profile), ``unknown kind 'x' for flow 'y'``
+                (the flow's table does not list that kind), or an invalid workspace.
         """
-        if kind not in KINDS:
-            raise RouteError(f"unknown kind '{_one_line(kind)}'")
         if not isinstance(flow, str) or not _FLOW_RE.fullmatch(flow):
             raise RouteError(f"invalid flow name '{_one_line(flow)}': must match {FLOW_PATTERN}")
-        if not self.flows:
-            return self.topic_template.format(kind=kind, flow=flow)
-        topics = self.flows.get(flow)
-        if topics is None:
+        if self.flows and flow not in self.flows:
             raise RouteError(f"unknown flow '{flow}'")
-        topic = topics.get(kind)
-        if topic is None:
-            raise RouteError(f"unknown kind '{kind}' for flow '{flow}'")
-        return topic
+        profile = self.profile_for(flow)
+        if kind not in profile.kinds:
+            raise RouteError(
+                f"unknown kind '{_one_line(kind)}' (profile {profile.value} has "
+                f"{', '.join(profile.kinds)})"
+            )
+        if self.flows:
+            topic = self.flows[flow].get(kind)
+            if topic is None:
+                raise RouteError(f"unknown kind '{kind}' for flow '{flow}'")
+            return topic
+        if not profile.has_workspaces:
+            workspace = DEFAULT_WORKSPACE
+        if self.topic_template is None:
+            return default_topic(profile, flow, kind, workspace)
+        default_topic(profile, flow, kind, workspace)  # checks the workspace
+        return self.topic_template.format(kind=kind, interface=interface(profile, kind),
+                                          flow=flow, workspace=workspace)
 
 
 @dataclass(frozen=True)
@@ -191,7 +229,7 @@ def _valid_template(template: str) -> bool:
         if spec or conversion:
             return False
         names.add(name)
-    return names == {"kind", "flow"}
+    return "flow" in names and bool(names & {"kind", "interface"}) and names <= TEMPLATE_FIELDS
 
 
 _NON_EMPTY = _Rule(str, "a non-empty string", lambda v: v != "")
@@ -212,8 +250,13 @@ _RULES: dict[str, _Rule] = {
     "log_format": _choice_rule(LOG_FORMATS),
     "log_level": _choice_rule(LOG_LEVELS),
     "max_message_bytes": _int_rule(1024),
+    "profile": _choice_rule(PROFILES),
     "topic_template": _Rule(
-        str, "a string containing {kind} and {flow} and no other fields", _valid_template
+        str,
+        "a string containing {flow} and {kind} or {interface}, and no fields but those and "
+        "{workspace}",
+        _valid_template,
+        optional=True,
     ),
     "publisher_max_queue_size": _int_rule(1),
     "publisher_drain_timeout": _float_rule(0, strict=True),
@@ -226,6 +269,7 @@ _RULES: dict[str, _Rule] = {
     "nack_redelivery_delay_ms": _int_rule(0),
     "export_window": _int_rule(1),
     "socket_grace_period": _float_rule(0, strict=False),
+    "import_drain_grace": _float_rule(0, strict=False),
     "max_consecutive_errors": _int_rule(1),
     "metrics_enabled": _BOOL,
     "queue_stats_on_shutdown": _BOOL,
@@ -345,8 +389,19 @@ def _parse_flows(raw: object, origin: str | None) -> dict[str, dict[str, str]]:
                 f"flows.{flow} must be a table of kind = topic, got {_show(table)}{where}"
             )
         topics: dict[str, str] = {}
+        profile = table.get("profile", None)
+        if profile is not None:
+            if profile not in PROFILES:
+                raise ConfigError(
+                    f"flows.{flow}.profile must be one of {', '.join(PROFILES)}, "
+                    f"got {_show(profile)}{where}"
+                )
+            topics["profile"] = profile
+        kinds = Profile(profile).kinds if profile is not None else tuple(INTERFACES)
         for kind, topic in table.items():
-            if kind not in KINDS:
+            if kind == "profile":
+                continue
+            if kind not in kinds:
                 raise ConfigError(f"flows.{flow}: unknown kind {_show(kind)}{where}")
             if not isinstance(topic, str) or topic == "":
                 raise ConfigError(
@@ -500,7 +555,8 @@ def render_settings(loaded: LoadedSettings) -> str:
             lines.append(f"{f.name} = {_toml_value(value)}{source}")
     flows_source = _comment(sources.get("flows", "default"))
     if not settings.flows:
-        lines.append(f"# flows: none, every valid flow name uses topic_template{flows_source}")
+        lines.append("# flows: none, every valid flow name is routed to its profile's topics "
+                     f"(or topic_template when set){flows_source}")
     for flow, topics in settings.flows.items():
         lines.append("")
         lines.append(f"[flows.{_toml_key(flow)}]{flows_source}")

@@ -37,6 +37,9 @@ class ErrorCode(enum.StrEnum):
     PUBLISH_FAILED = "publish-failed"  # the broker refused the message
     BROKER_UNAVAILABLE = "broker-unavailable"  # no producer/consumer could be opened
     INVALID_ACK = "invalid-ack"  # an export client's ack that cannot be applied
+    # export: a message in the topic that is not a payload of the flow's profile (or that
+    # the requested wire format cannot carry); delivered as this error, with the raw payload
+    INVALID_PAYLOAD = "invalid-payload"
 
 
 class Direction(enum.StrEnum):
@@ -78,6 +81,19 @@ def error_frame(code: ErrorCode, detail: str, seq: int | None = None) -> str:
     body["code"] = str(code)
     body["detail"] = detail
     return json.dumps({"error": body}, separators=(",", ":"))
+
+
+def invalid_payload(detail: str, message_id: str, raw: bytes) -> bytes:
+    """What an export delivers for a message it cannot convert: the problem and the bytes.
+
+    ``{"error": {"code": "invalid-payload", "detail": D, "message_id": ID, "payload": P}}``,
+    ``P`` the message's bytes as text (invalid UTF-8 replaced).
+    """
+    return json.dumps(
+        {"error": {"code": str(ErrorCode.INVALID_PAYLOAD), "detail": detail,
+                   "message_id": message_id, "payload": raw.decode(errors="replace")}},
+        separators=(",", ":"),
+    ).encode()
 
 
 def ack_frame(seq: int) -> str:

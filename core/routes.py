@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from quiesce.core.errors import BadRequest, RouteError
+from quiesce.core.profiles import DEFAULT_WORKSPACE, Profile
 from quiesce.core.protocol import AckMode, Backpressure, Direction, Position
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class Route:
     Attributes:
         direction: import or export.
         flow, kind, topic: where the data goes or comes from.
+        profile: the flow's TrustGraph generation (the Pulsar payload's encoding).
+        workspace: the 2.x workspace (``?workspace=``; ``default``, and always that for tg1).
+        fmt: export: the wire format written to the client (``?format=``, else the profile's).
         receipts: import: send ``{"ack": N}`` receipts.
         subscription: export: the subscription name, or None for a fresh one per connection.
         position: export: where a new named subscription starts.
@@ -44,6 +48,9 @@ class Route:
     flow: str
     kind: str
     topic: str
+    profile: Profile = Profile.TG1
+    workspace: str = DEFAULT_WORKSPACE
+    fmt: Profile = Profile.TG1
     receipts: bool = False
     subscription: str | None = None
     position: Position = Position.LATEST
@@ -61,7 +68,7 @@ def _one(query: dict[str, list[str]], name: str, default: str) -> str:
 
 
 # One of the query parameters' enums.
-_E = TypeVar("_E", AckMode, Backpressure, Position)
+_E = TypeVar("_E", AckMode, Backpressure, Position, Profile)
 
 
 def _choice(
@@ -102,10 +109,15 @@ def resolve_route(path: str, settings: Settings) -> Route:
             f"expected {API_PREFIX}{{flow}}/import|export/{{kind}}"
         )
     flow, direction, kind = pieces
-    topic = settings.topic_for(flow, kind)
     query = parse_qs(parts.query, keep_blank_values=True)
+    profile = settings.profile_for(flow)
+    # tg1 has no workspaces: TrustGraph 2.x clients send ?workspace= anyway; it is ignored.
+    workspace = _one(query, "workspace", DEFAULT_WORKSPACE) if profile.has_workspaces else (
+        DEFAULT_WORKSPACE)
+    topic = settings.topic_for(flow, kind, workspace)
     if direction == Direction.IMPORT:
-        return Route(Direction.IMPORT, flow, kind, topic, receipts=_bool(query, "receipts"))
+        return Route(Direction.IMPORT, flow, kind, topic, profile=profile, workspace=workspace,
+                     fmt=profile, receipts=_bool(query, "receipts"))
     window_text = _one(query, "window", str(settings.export_window))
     if not window_text.isdigit() or not 1 <= int(window_text) <= MAX_WINDOW:
         raise BadRequest(
@@ -123,6 +135,8 @@ def resolve_route(path: str, settings: Settings) -> Route:
         raise BadRequest(f"until must be one of end, got '{until[:40]}'")
     return Route(
         Direction.EXPORT, flow, kind, topic,
+        profile=profile, workspace=workspace,
+        fmt=_choice(query, "format", profile, Profile),
         subscription=subscription,
         position=_choice(query, "position", Position.LATEST, Position),
         ack_mode=_choice(query, "ack", AckMode.AUTO, AckMode),

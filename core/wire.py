@@ -40,7 +40,7 @@ import orjson
 
 from quiesce.core.errors import InvalidMessage
 
-__all__ = ["KINDS", "validate", "validate_object"]
+__all__ = ["KINDS", "parse", "validate", "validate_object"]
 
 KINDS: tuple[str, ...] = ("triples", "graph-embeddings", "document-embeddings", "entity-contexts")
 
@@ -333,6 +333,24 @@ def validate_object(kind: str, obj: object) -> dict[str, Any]:
     return cast("dict[str, Any]", obj)
 
 
+def parse(text: str | bytes) -> Any:
+    """Parse one client frame's JSON.
+
+    Raises:
+        InvalidMessage: the payload is not UTF-8 (``not UTF-8: ...``) or not JSON (``not
+            JSON: ...``).
+    """
+    if not isinstance(text, str):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return _fast_loads(text)
+    except _FastDecodeError:
+        return _parse_slowly(text)
+
+
 def validate(kind: str, text: str | bytes) -> dict[str, Any]:
     """Parse and validate one client frame.
 
@@ -349,15 +367,7 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
         KeyError: ``kind`` is not one of `KINDS` (a programming error).
     """
     fast = _fast_for(kind)
-    if not isinstance(text, str):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = _fast_loads(text)
-    except _FastDecodeError:
-        obj = _parse_slowly(text)
+    obj = parse(text)
     if type(obj) is dict and fast(obj):
         return obj
     problem = _diagnose(kind, obj)

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pulsar
 import trio
@@ -55,7 +55,9 @@ from quiesce.client.exporter import Exporter, ExportOptions, ExportReport, defau
 from quiesce.client.importer import Importer, ImportOptions, ImportReport, prepare_import
 from quiesce.client.sources import SourceOptions
 from quiesce.client.writers import open_writer
+from quiesce.core import convert
 from quiesce.core.config import Settings
+from quiesce.core.profiles import INTERFACES, Profile
 from quiesce.supervisor import Supervisor
 
 __all__ = [
@@ -540,9 +542,50 @@ def ws_url(gateway: Listening, path: str) -> str:
     return f"ws://127.0.0.1:{gateway.port}{path}"
 
 
-def topic_of(kind: str, flow: str) -> str:
-    """The default topic of (flow, kind) (CONTRACT §5)."""
-    return f"persistent://tg/flow/{kind}:{flow}"
+def topic_of(kind: str, flow: str, profile: str = "tg1", workspace: str = "default") -> str:
+    """The default topic of (flow, kind) under ``profile`` (CONTRACT §5, §8): TrustGraph's."""
+    return Settings(profile=profile).topic_for(flow, kind, workspace)
+
+
+def kind_of_topic(topic: str) -> tuple[str, Profile] | None:
+    """(kind, profile) of a TrustGraph default topic (``…/triples-store:FLOW``), else None.
+
+    A tg2 topic names a workspace too (``…/triples-store:WORKSPACE:FLOW``).
+    """
+    prefix = "persistent://tg/flow/"
+    if not topic.startswith(prefix):
+        return None
+    name, *rest = topic[len(prefix):].split(":")
+    for kind, interface_name in INTERFACES.items():
+        if interface_name == name:
+            return kind, Profile.TG2 if len(rest) == 2 else Profile.TG1
+    return None
+
+
+def to_payload(topic: str, message: dict[str, Any]) -> bytes:
+    """What the gateway publishes for wire ``message`` on ``topic``: the profile's payload.
+
+    On a TrustGraph default topic the message is converted into that profile's Pulsar
+    encoding (TrustGraph's schema, as the gateway does); elsewhere it is published as is.
+    """
+    known = kind_of_topic(topic)
+    if known is None:
+        return json.dumps(message).encode()
+    kind, profile = known
+    return convert.dumps(convert.convert_frame(kind, message, profile))
+
+
+def from_payload(topic: str, payload: bytes) -> dict[str, Any]:
+    """A stored payload as the wire format of its profile (what the gateway would export).
+
+    The inverse of `to_payload`, so a test compares what it sent with what was stored.
+    """
+    decoded = json.loads(payload)
+    known = kind_of_topic(topic)
+    if known is None:
+        return cast("dict[str, Any]", decoded)
+    kind, profile = known
+    return convert.from_pulsar(kind, decoded, profile)
 
 
 def import_path(flow: str, kind: str = "triples", *, receipts: bool = True) -> str:
@@ -562,12 +605,13 @@ class TopicRead:
         duplicates: deliveries of a message id the same read had delivered already (skipped).
     """
 
+    topic: str
     payloads: list[bytes]
     duplicates: int
 
     def messages(self) -> list[dict[str, Any]]:
-        """The payloads decoded as JSON."""
-        return [json.loads(p) for p in self.payloads]
+        """The payloads decoded, in the wire format of the topic's profile (`from_payload`)."""
+        return [from_payload(self.topic, p) for p in self.payloads]
 
 
 def message_key(msg: pulsar.Message) -> tuple[int, int, int]:
@@ -631,7 +675,7 @@ def read_topic_counted(client: pulsar.Client, topic: str, expected: int = 0) -> 
             reader.close()
         if not stalled:
             break
-    return TopicRead(list(stored.values()), duplicates)
+    return TopicRead(topic, list(stored.values()), duplicates)
 
 
 def read_topic(client: pulsar.Client, topic: str, expected: int = 0) -> list[dict[str, Any]]:
@@ -710,8 +754,9 @@ def publish(client: pulsar.Client, topic: str, payloads: Sequence[bytes], *,
 async def publish_messages(client: pulsar.Client, topic: str,
                            messages: Iterable[dict[str, Any]], *, batching: bool = False
                            ) -> None:
-    """`publish` ``messages`` as JSON without blocking Trio; returns once all are confirmed."""
-    payloads = [json.dumps(m).encode() for m in messages]
+    """`publish` wire ``messages`` as the topic's payloads (`to_payload`) without blocking
+    Trio; returns once all are confirmed."""
+    payloads = [to_payload(topic, m) for m in messages]
     await trio.to_thread.run_sync(functools.partial(publish, client, topic, payloads,
                                                     batching=batching))
 

@@ -53,7 +53,7 @@ def test_default_values_match_the_contract() -> None:
     assert (s.host, s.port, s.pulsar_url, s.data_dir) == ("127.0.0.1", 8088, None, ".quiesce")
     assert (s.shutdown_timeout, s.secret, s.log_format, s.log_level) == (30.0, None, "text", "info")
     assert s.max_message_bytes == 50 * 1024 * 1024
-    assert s.topic_template == "persistent://tg/flow/{kind}:{flow}"
+    assert (s.profile, s.topic_template, s.import_drain_grace) == ("tg1", None, 5.0)
     assert (s.publisher_max_queue_size, s.publisher_drain_timeout) == (1000, 5.0)
     assert (s.producer_flush_timeout, s.producer_batching) == (5.0, True)
     assert (s.subscriber_max_queue_size, s.subscriber_drain_timeout) == (100, 5.0)
@@ -286,22 +286,26 @@ def test_settings_construction_normalises_ints_for_floats() -> None:
         ),
         (
             {"QUIESCE_TOPIC_TEMPLATE": "persistent://t/{kind}"},
-            "topic_template must be a string containing {kind} and {flow} and no other fields, "
+            "topic_template must be a string containing {flow} and {kind} or {interface}, and no "
+            "fields but those and {workspace}, "
             "got 'persistent://t/{kind}' (from env QUIESCE_TOPIC_TEMPLATE)",
         ),
         (
             {"QUIESCE_TOPIC_TEMPLATE": "{kind}/{flow}/{tenant}"},
-            "topic_template must be a string containing {kind} and {flow} and no other fields, "
+            "topic_template must be a string containing {flow} and {kind} or {interface}, and no "
+            "fields but those and {workspace}, "
             "got '{kind}/{flow}/{tenant}' (from env QUIESCE_TOPIC_TEMPLATE)",
         ),
         (
             {"QUIESCE_TOPIC_TEMPLATE": "{kind}/{flow!r}"},
-            "topic_template must be a string containing {kind} and {flow} and no other fields, "
+            "topic_template must be a string containing {flow} and {kind} or {interface}, and no "
+            "fields but those and {workspace}, "
             "got '{kind}/{flow!r}' (from env QUIESCE_TOPIC_TEMPLATE)",
         ),
         (
             {"QUIESCE_TOPIC_TEMPLATE": "{kind}/{flow"},
-            "topic_template must be a string containing {kind} and {flow} and no other fields, "
+            "topic_template must be a string containing {flow} and {kind} or {interface}, and no "
+            "fields but those and {workspace}, "
             "got '{kind}/{flow' (from env QUIESCE_TOPIC_TEMPLATE)",
         ),
     ],
@@ -494,13 +498,41 @@ def test_empty_flows_table_keeps_template_routing(tmp_path: Path) -> None:
     path = write(tmp_path, "[flows]\n")
     s = load_settings({}, {}, path).settings
     assert s.flows == {}
-    assert s.topic_for("anything", "triples") == "persistent://tg/flow/triples:anything"
+    assert s.topic_for("anything", "triples") == "persistent://tg/flow/triples-store:anything"
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_topic_for_default_template(kind: str) -> None:
-    """Without flows, every kind of a valid flow uses the default template."""
-    assert Settings().topic_for("my-flow_1.x", kind) == f"persistent://tg/flow/{kind}:my-flow_1.x"
+@pytest.mark.parametrize(
+    ("kind", "interface"),
+    [("triples", "triples-store"), ("graph-embeddings", "graph-embeddings-store"),
+     ("document-embeddings", "document-embeddings-store"),
+     ("entity-contexts", "entity-contexts-load"), ("objects", "objects-store")],
+)
+def test_topic_for_defaults_to_trustgraph_1x_flow_interfaces(kind: str, interface: str) -> None:
+    """Without flows or a template, tg1 flows use TrustGraph 1.x's flow interface topics."""
+    assert Settings().topic_for("my-flow_1.x", kind) == (
+        f"persistent://tg/flow/{interface}:my-flow_1.x")
+
+
+def test_topic_for_tg2_puts_the_workspace_in_the_topic() -> None:
+    """tg2 flows use TrustGraph 2.x's topics, workspace included; tg1 ignores a workspace."""
+    s = Settings(profile="tg2")
+    assert s.topic_for("f", "rows", "w1") == "persistent://tg/flow/rows-store:w1:f"
+    assert s.topic_for("f", "triples") == "persistent://tg/flow/triples-store:default:f"
+    assert Settings().topic_for("f", "triples", "w1") == "persistent://tg/flow/triples-store:f"
+    with pytest.raises(RouteError, match=r"^invalid workspace "):
+        s.topic_for("f", "triples", "a/b")
+
+
+def test_a_flow_table_may_name_its_own_profile(tmp_path: Path) -> None:
+    """``profile`` in [flows.NAME] sets that flow's profile and the kinds it may list."""
+    path = write(tmp_path, '[flows.a]\nprofile = "tg2"\nrows = "persistent://x/y/r"\n'
+                           '[flows.b]\nobjects = "persistent://x/y/o"\n')
+    s = load_settings({}, {}, path).settings
+    assert (s.profile_for("a"), s.profile_for("b")) == ("tg2", "tg1")
+    assert s.topic_for("a", "rows") == "persistent://x/y/r"
+    bad = write(tmp_path, '[flows.a]\nprofile = "tg2"\nobjects = "persistent://x/y/o"\n')
+    with pytest.raises(ConfigError, match=r"^flows\.a: unknown kind 'objects'"):
+        load_settings({}, {}, bad)
 
 
 def test_topic_for_custom_template() -> None:
@@ -520,11 +552,13 @@ def test_topic_for_flows_only_mode() -> None:
 
 
 def test_topic_for_unknown_kind() -> None:
-    """A kind outside KINDS is an unknown kind, with or without flows."""
-    with pytest.raises(RouteError, match=exact("unknown kind 'quads'")):
+    """A kind outside the flow's profile is an unknown kind, with or without flows."""
+    tg1_kinds = "(profile tg1 has triples, graph-embeddings, document-embeddings, " \
+        "entity-contexts, objects)"
+    with pytest.raises(RouteError, match=exact(f"unknown kind 'quads' {tg1_kinds}")):
         Settings().topic_for("a", "quads")
-    with pytest.raises(RouteError, match=exact("unknown kind 'quads'")):
-        Settings(flows={"a": {"triples": "t"}}).topic_for("a", "quads")
+    with pytest.raises(RouteError, match=exact(f"unknown kind 'rows' {tg1_kinds}")):
+        Settings(flows={"a": {"triples": "t"}}).topic_for("a", "rows")
 
 
 @pytest.mark.parametrize("flow", ["", "a b", "a/b", "x" * 65, "a\n"])

@@ -22,7 +22,7 @@ from quiesce.actors.subscriber import Subscriber
 from quiesce.core.errors import BrokerError
 from quiesce.supervisor import Supervisor
 from tests.data import sample_message
-from tests.harness import Listening, open_gateway_process, topic_of, ws_url
+from tests.harness import Listening, open_gateway_process, to_payload, topic_of, ws_url
 
 # Bound of a whole dump (generous: it only matters when something is wrong).
 LONG = 30.0
@@ -38,7 +38,7 @@ def publish(client: pulsar.Client, topic: str, count: int) -> list[str]:
     try:
         for i in range(count):
             message = sample_message("triples", i)
-            producer.send(json.dumps(message).encode())
+            producer.send(to_payload(topic, message))
             ids.append(message["metadata"]["id"])
     finally:
         producer.close()
