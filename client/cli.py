@@ -80,6 +80,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="triples",
                         help="triples, graph-embeddings, document-embeddings, entity-contexts, "
                              "objects (1.x) or rows (2.x); default triples")
+    parser.add_argument("--workspace",
+                        help="the TrustGraph 2.x workspace (tg2 flows; default: the gateway's)")
     parser.add_argument("--token", default=os.environ.get("QUIESCE_TOKEN"),
                         help="the gateway's secret (QUIESCE_TOKEN), sent as a bearer token")
     parser.add_argument("--retry-for", dest="retry_for", type=float, default=60.0,
@@ -191,7 +193,8 @@ def _import(args: argparse.Namespace) -> int:
         _err(f"error: --window must be >= 1, got {args.window}")
         return 2
     options = ImportOptions(
-        url=args.url, flow=args.flow, kind=args.kind, token=args.token, window=args.window,
+        url=args.url, flow=args.flow, kind=args.kind, token=args.token,
+        workspace=args.workspace, window=args.window,
         retry_for=args.retry_for, state=args.state, fresh=args.fresh,
         source=SourceOptions(kind=args.kind, fmt=args.fmt, batch=args.batch,
                              wire=Profile(args.wire), doc_id=args.doc_id,
@@ -222,7 +225,9 @@ def _export(args: argparse.Namespace) -> int:
     writer = open_writer(fmt, args.out, args.kind)
     options = ExportOptions(
         url=args.url, flow=args.flow, kind=args.kind, token=args.token,
-        subscription=args.subscription or default_subscription(args.flow, args.kind, args.out),
+        workspace=args.workspace,
+        subscription=args.subscription or default_subscription(args.flow, args.kind, args.out,
+                                                               args.workspace),
         until_end=args.until_end, position=args.position, window=args.window, wire=args.wire,
         retry_for=args.retry_for, out=str(args.out) if args.out is not None else "<stdout>")
     exporter = Exporter(options, writer, make_progress(Mode(args.progress), "messages"))

@@ -51,6 +51,7 @@ class ExportOptions:
         url: the gateway, ``ws://HOST:PORT``.
         flow, kind: what to export.
         token: the gateway's secret, sent as ``Authorization: Bearer``.
+        workspace: the 2.x workspace (``?workspace=``), or None for the gateway's default.
         subscription: the subscription's name (see `default_subscription`).
         until_end: stop once the backlog present at connect time is written (a dump).
         position: where a subscription that does not exist yet starts.
@@ -64,6 +65,7 @@ class ExportOptions:
     flow: str = "default"
     kind: str = "triples"
     token: str | None = None
+    workspace: str | None = None
     subscription: str = ""
     until_end: bool = False
     position: str = "earliest"
@@ -73,9 +75,17 @@ class ExportOptions:
     out: str = "<stdout>"
 
 
-def default_subscription(flow: str, kind: str, out: Path | None) -> str:
-    """The subscription a rerun of the same export resumes: named after flow, kind and output."""
+def default_subscription(flow: str, kind: str, out: Path | None,
+                         workspace: str | None = None) -> str:
+    """The subscription a rerun of the same export resumes: named after flow, kind and output.
+
+    The output's absolute path (``-`` for standard output) and the workspace, if any, are
+    hashed into the name, so two exports of one flow into different files do not share (and
+    split) one subscription.
+    """
     target = str(out.resolve()) if out is not None else "-"
+    if workspace:
+        target += f" workspace={workspace}"
     digest = hashlib.sha256(target.encode()).hexdigest()[:12]
     return f"quiesce-export-{flow}-{kind}-{digest}"
 
@@ -165,6 +175,8 @@ class Exporter:
             query["until"] = "end"
         if options.wire:
             query["format"] = options.wire
+        if options.workspace:
+            query["workspace"] = options.workspace
         self.url = _ws.api_url(options.url, options.flow, "export", options.kind, query)
         self.ack_every = max(1, min(ACK_EVERY, options.window // 2))
         self.written = 0

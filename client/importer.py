@@ -62,6 +62,7 @@ class ImportOptions:
         url: the gateway, ``ws://HOST:PORT``.
         flow, kind: where the messages go.
         token: the gateway's secret, sent as ``Authorization: Bearer``.
+        workspace: the 2.x workspace (``?workspace=``), or None for the gateway's default.
         window: the most frames sent and not yet receipted.
         retry_for: seconds to keep reconnecting after a connection is lost.
         state: one state file for every input; None: one beside each input.
@@ -73,6 +74,7 @@ class ImportOptions:
     flow: str = "default"
     kind: str = "triples"
     token: str | None = None
+    workspace: str | None = None
     window: int = 500
     retry_for: float = 60.0
     state: Path | None = None
@@ -92,7 +94,8 @@ class _Input:
 
 
 def _target(options: ImportOptions) -> str:
-    return f"{_ws.where(options.url)} flow={options.flow} kind={options.kind}"
+    workspace = f" workspace={options.workspace}" if options.workspace else ""
+    return f"{_ws.where(options.url)} flow={options.flow}{workspace} kind={options.kind}"
 
 
 def prepare_import(options: ImportOptions, specs: Sequence[str]) -> list[_Input]:
@@ -250,8 +253,10 @@ class Importer:
         self.options = options
         self.inputs = inputs
         self.progress = progress
-        self.url = _ws.api_url(options.url, options.flow, "import", options.kind,
-                               {"receipts": "true"})
+        query = {"receipts": "true"}
+        if options.workspace:
+            query["workspace"] = options.workspace
+        self.url = _ws.api_url(options.url, options.flow, "import", options.kind, query)
         items = itertools.chain.from_iterable(i.source.items(i.resume.start) for i in inputs)
         self.ledger = ImportLedger([i.progress for i in inputs], items, options.window)
         self._changed = trio.Event()

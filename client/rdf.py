@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
+import rdflib
 from rdflib import BNode, Dataset, Graph, Literal, URIRef
 from rdflib.graph import DATASET_DEFAULT_GRAPH_ID
 from rdflib.namespace import RDF
@@ -95,11 +96,17 @@ def parse(data: bytes, fmt: str, name: str, base: str | None = None) -> list[Qua
         UsageError: the document is not valid ``fmt``.
     """
     store = _DocumentOrder()
+    # rdflib rewrites typed literals into a canonical form as it parses ("01"^^xsd:integer
+    # becomes "1", a "Z" time zone "+00:00"); the client sends what the file says. The flag
+    # is rdflib's global, read when each Literal is made: restored at once.
+    normalize, rdflib.NORMALIZE_LITERALS = rdflib.NORMALIZE_LITERALS, False
     try:
         Dataset(store=store).parse(data=data, format=fmt, publicID=base)
     except Exception as exc:  # rdflib's parsers raise many unrelated types for bad input
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise UsageError(f"{name}: not valid {fmt}: {detail}") from exc
+    finally:
+        rdflib.NORMALIZE_LITERALS = normalize
     return store.quads
 
 
@@ -205,7 +212,7 @@ def _node(term: Any, path: str) -> Node:
         if lang is not None and datatype is not None:
             raise InvalidMessage(f"{path}: a literal with both a language and a datatype")
         return Literal(str(term.get("v", "")), lang=lang,
-                       datatype=URIRef(datatype) if datatype else None)
+                       datatype=URIRef(datatype) if datatype else None, normalize=False)
     raise InvalidMessage(f"{path}.t: cannot write a {kind!r} term as RDF")
 
 

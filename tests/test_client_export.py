@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pulsar
 import trio
-from rdflib import Graph
+from rdflib import Dataset, Graph, URIRef
 from rdflib.compare import isomorphic
 
+from quiesce.core.config import Settings
 from quiesce.core.profiles import Profile
 from quiesce.supervisor import Supervisor
 from tests.data import id_of, sample_messages
@@ -28,6 +29,7 @@ from tests.harness import (
     export_flow,
     import_files,
     publish_messages,
+    start_gateway,
     topic_of,
     wait_count,
 )
@@ -44,6 +46,33 @@ ex:alice a ex:Person ;
     ex:motto "Say \\"hello\\"\\nthen go" .
 ex:bob rdfs:label "Bob Ødegård" ; ex:knows ex:alice .
 ex:carol rdfs:label "Carol 東京" ; ex:homepage <http://example.org/~carol/index.html> .
+"""
+
+# Turtle only TrustGraph 2.x can carry: language tags, datatypes, blank nodes (labelled,
+# anonymous, nested, and a collection's list cells).
+TURTLE_2X = """\
+@prefix ex: <http://example.org/> .
+@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
+
+ex:alice rdfs:label "Alice"@en, "Alicia"@es ;
+    ex:age "42"^^xsd:integer ;
+    ex:height "1.68"^^xsd:decimal ;
+    ex:born "1990-05-17"^^xsd:date ;
+    ex:zip "0150"^^xsd:string ;
+    ex:knows [ rdfs:label "a stranger"@en ; ex:met "2020-01-01T10:00:00Z"^^xsd:dateTime ] ;
+    ex:address [ ex:city "Oslo" ; ex:geo [ ex:lat "59.91"^^xsd:double ] ] .
+_:shared ex:points ex:alice .
+ex:bob ex:sees _:shared ;
+    rdfs:label "Bob" ;
+    ex:likes ( ex:tea ex:coffee "cocoa"@en ) .
+"""
+# TriG with a named graph, which travels as a triple's "g".
+TRIG = """\
+@prefix ex: <http://example.org/> .
+ex:a ex:p ex:b .
+ex:g1 { ex:a ex:p ex:c . ex:c ex:label "in g1"@en . }
+ex:g2 { ex:d ex:p [ ex:q "x" ] . }
 """
 
 
@@ -83,6 +112,56 @@ async def test_a_turtle_file_1x_can_carry_comes_back_isomorphic_as_n_triples_and
     assert isomorphic(back_nt, expected)
     assert isomorphic(back_ttl, expected)
     assert not (tmp_path / "back.ttl.quiesce-spool.nq").exists()
+
+
+async def test_turtle_with_languages_datatypes_and_blank_nodes_round_trips_through_tg2(
+    nursery: trio.Nursery, settings: Settings, flow: str, tmp_path: Path
+) -> None:
+    """On a tg2 gateway, Turtle with languages, datatypes and blank nodes comes back isomorphic."""
+    gateway = await start_gateway(nursery, settings, profile="tg2")
+    source = tmp_path / "rich.ttl"
+    source.write_text(TURTLE_2X)
+    expected = Graph().parse(source, format="turtle")
+    assert len(expected) == 23
+
+    report = await import_files(gateway, flow, [source], batch=5)
+    assert report.exit_code == 0, report.lines()
+    assert (report.frames_sent, report.receipted, report.rejections) == (5, 5, [])
+
+    nt = tmp_path / "back.nt"
+    exported = await export_flow(gateway, flow, nt, "nt")
+    assert exported.ended and exported.exit_code == 0, exported.lines()
+    assert (exported.written, exported.acked, exported.items) == (5, 5, 23)
+    back = Graph().parse(nt, format="nt")
+    print(f"\n{len(expected)} triples in, {len(back)} back:\n{nt.read_text()}")
+    assert len(back) == 23
+    assert isomorphic(back, expected)
+    # Lexical forms as written, not as rdflib would canonicalise them.
+    assert '"2020-01-01T10:00:00Z"^^<http://www.w3.org/2001/XMLSchema#dateTime>' in nt.read_text()
+    gateway.request_shutdown()
+
+
+async def test_named_graphs_of_trig_come_back_in_n_quads_through_tg2(
+    nursery: trio.Nursery, settings: Settings, flow: str, tmp_path: Path
+) -> None:
+    """TriG's named graphs travel as "g" and come back in N-Quads, each graph isomorphic."""
+    gateway = await start_gateway(nursery, settings, profile="tg2")
+    source = tmp_path / "graphs.trig"
+    source.write_text(TRIG)
+    report = await import_files(gateway, flow, [source])
+    assert report.exit_code == 0 and report.receipted == 1, report.lines()
+    nq = tmp_path / "back.nq"
+    exported = await export_flow(gateway, flow, nq, "nq")
+    assert (exported.written, exported.items, exported.graphs_dropped) == (1, 5, 0)
+    expected, back = Dataset(), Dataset()
+    expected.parse(source, format="trig")
+    back.parse(nq, format="nquads")
+    for name in (None, "http://example.org/g1", "http://example.org/g2"):
+        want = expected.default_graph if name is None else expected.graph(URIRef(name))
+        got = back.default_graph if name is None else back.graph(URIRef(name))
+        assert len(got) == len(want) > 0, name
+        assert isomorphic(got, want), name
+    gateway.request_shutdown()
 
 
 # ---------------------------------------------------------------- crashes and Ctrl-C

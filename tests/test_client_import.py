@@ -99,6 +99,31 @@ async def test_bad_lines_are_reported_with_file_line_and_detail_and_the_good_one
     assert [id_of(m) for m in stored] == [id_of(m) for m in good]
 
 
+async def test_rdf_a_tg1_gateway_cannot_carry_is_rejected_naming_the_message_and_triple(
+    gateway: Supervisor, pulsar_client: pulsar.Client, flow: str, tmp_path: Path
+) -> None:
+    """2.x RDF into a tg1 flow: the message with a language tag is refused, the plain one lands."""
+    path = tmp_path / "mixed.ttl"
+    path.write_text('@prefix ex: <http://example.org/> .\n'
+                    'ex:a ex:name "A" .\nex:a ex:knows ex:b .\n'
+                    'ex:b ex:name "B" .\nex:b ex:name "Bé"@fr .\n')
+    report = await import_files(gateway, flow, [path], batch=2)
+    assert (report.frames_sent, report.receipted) == (2, 1)
+    (rejection,) = report.rejections
+    assert rejection.where == f"{path}: message 2 (triples 3-4)"
+    assert (rejection.code, rejection.detail) == (
+        "invalid-message", "triples[1].o.ln: tg1 cannot carry a literal language tag")
+    assert report.exit_code == 1
+    (stored,) = await persisted(pulsar_client, topic_of("triples", flow), 1)
+    assert stored["triples"] == [
+        {"s": {"v": "http://example.org/a", "e": True},
+         "p": {"v": "http://example.org/name", "e": True}, "o": {"v": "A", "e": False}},
+        {"s": {"v": "http://example.org/a", "e": True},
+         "p": {"v": "http://example.org/knows", "e": True},
+         "o": {"v": "http://example.org/b", "e": True}},
+    ]
+
+
 async def test_a_bad_token_exits_non_zero_at_once_naming_401(
     nursery: trio.Nursery, settings: Settings, flow: str, tmp_path: Path
 ) -> None:

@@ -284,6 +284,19 @@ def test_rdf_becomes_the_same_messages_on_every_parse_with_all_terms_kept(
     assert isomorphic(graph, Graph().parse(data=TURTLE, format="turtle"))
 
 
+def test_typed_literals_keep_their_lexical_form_both_ways(tmp_path: Path) -> None:
+    """"01"^^xsd:integer and a "Z" time zone are sent and written as the file has them."""
+    path = tmp_path / "in.nt"
+    xsd = "http://www.w3.org/2001/XMLSchema#"
+    path.write_text(f'<http://e/a> <http://e/n> "01"^^<{xsd}integer> .\n'
+                    f'<http://e/a> <http://e/t> "2020-01-01T10:00:00Z"^^<{xsd}dateTime> .\n')
+    (item,) = open_source(str(path), 0, SourceOptions()).items()
+    message = json.loads(item.text)
+    assert [t["o"]["v"] for t in message["triples"]] == ["01", "2020-01-01T10:00:00Z"]
+    lines = rdf.serialize_quads(rdf.message_quads(message), with_graphs=False).decode()
+    assert sorted(lines.splitlines()) == sorted(path.read_text().splitlines())
+
+
 def test_wire_tg1_names_the_first_triple_1x_cannot_carry(tmp_path: Path) -> None:
     """--wire tg1 on a language-tagged literal fails before sending, naming triple 1."""
     path = tmp_path / "in.ttl"
