@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import ClientConnection
 
 from quiesce.client import _ws
+from quiesce.client._text import plural
 from quiesce.client.errors import ClientError, Unreachable
 from quiesce.client.importer import EXIT_CONNECTION, EXIT_DATA, EXIT_INTERRUPTED, EXIT_OK
 from quiesce.client.progress import Progress
@@ -134,9 +135,10 @@ class ExportReport:
         """The summary, one line each."""
         o = self.options
         rate = self.written / self.elapsed if self.elapsed > 0 else 0.0
-        triples = f" ({self.items} triples)" if self.items != self.written else ""
+        triples = f" ({plural(self.items, 'triple')})" if self.items != self.written else ""
         out = [
-            f"summary: written {self.written} messages{triples}, acked {self.acked}, to {o.out} "
+            f"summary: written {plural(self.written, 'message')}{triples}, acked {self.acked}, "
+            f"to {o.out} "
             f"from flow {o.flow} kind {o.kind}, subscription {o.subscription} "
             f"({self.elapsed:.1f}s, {rate:,.0f} messages/s, "
             f"{max(0, self.connections - 1)} reconnects)"

@@ -12,7 +12,7 @@ bookkeeping is the pure `ImportLedger`; this module does the I/O around it:
 3. A connection that ends otherwise (1001 draining, 1011, a lost socket) is reconnected with
    backoff, and what it left unsettled is sent first on the next one. A ``{"draining": …}``
    frame makes the client stop sending and close at once, so the gateway can go.
-4. The state is written a few times a second while receipts arrive, and at the end: a rerun
+4. The state is written up to 20 times a second while receipts arrive, and at the end: a rerun
    after a crash or Ctrl-C starts after the last message settled.
 """
 
@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.trio.client import ClientConnection
 
 from quiesce.client import _ws
+from quiesce.client._text import plural
 from quiesce.client.errors import ClientError, Unreachable
 from quiesce.client.ledger import ImportLedger, Rejection, SourceProgress
 from quiesce.client.progress import Progress
@@ -46,12 +47,14 @@ from quiesce.client.state import (
 
 __all__ = ["ImportOptions", "ImportReport", "Importer", "prepare_import"]
 
-# Seconds between two writes of the state file while receipts arrive.
-SAVE_INTERVAL = 0.25
+# Seconds between two writes of the state file while receipts arrive (a small file: 20 writes
+# a second cost little, and bound what a crash makes the next run send twice).
+SAVE_INTERVAL = 0.05
 # Exit codes of the import and export commands.
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_CONNECTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# Rejections listed in the summary (all are counted).
+# Distinct rejection reasons listed in the summary, and places named for each (all counted).
 MAX_REJECTIONS_SHOWN = 50
+PLACES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class ImportReport:
                 parts.append(f"resent {p.resent_earlier} an earlier run sent without a receipt")
             if p.total - p.done:
                 parts.append(f"{p.total - p.done} not receipted")
-            out.append(f"{i.source.name}: {p.total} messages: {', '.join(parts)}")
+            out.append(f"{i.source.name}: {plural(p.total, 'message')}: {', '.join(parts)}")
         rate = self.frames_sent / self.elapsed if self.elapsed > 0 else 0.0
         reconnects = max(0, self.connections - 1)
         out.append(
@@ -217,17 +220,12 @@ class ImportReport:
             f"{len(self.rejections)}, resent {self.resent + self.resent_earlier}, skipped "
             f"{self.skipped}, not receipted {self.unsettled} "
             f"({self.elapsed:.1f}s, {rate:,.0f} frames/s, {reconnects} reconnects)")
-        rejections = self.rejections
-        for r in rejections[:MAX_REJECTIONS_SHOWN]:
-            out.append(f"rejected {r.where}: {r.code}: {r.detail}")
-        if len(rejections) > MAX_REJECTIONS_SHOWN:
-            out.append(f"... and {len(rejections) - MAX_REJECTIONS_SHOWN} more rejected")
+        out += _rejection_lines([(r.where, r.code, r.detail) for r in self.rejections])
         if self.earlier_rejected:
             out.append(f"{self.earlier_rejected} messages were rejected by an earlier run:")
-            shown = [r for i in self.inputs for r in i.resume.earlier_rejections]
-            for earlier in shown[:MAX_REJECTIONS_SHOWN]:
-                out.append(f"rejected earlier {earlier.get('where')}: {earlier.get('code')}: "
-                           f"{earlier.get('detail')}")
+            out += _rejection_lines(
+                [(r.get("where", "?"), r.get("code", "?"), r.get("detail", "?"))
+                 for i in self.inputs for r in i.resume.earlier_rejections], "rejected earlier")
         for violation in self.violations[:10]:
             out.append(f"protocol violation by the gateway: {violation}")
         if self.state_warning:
@@ -237,6 +235,25 @@ class ImportReport:
         elif self.interrupted:
             out.append("interrupted: run the same command again to send the rest")
         return out
+
+
+def _rejection_lines(rejections: list[tuple[str, str, str]], verb: str = "rejected"
+                     ) -> list[str]:
+    """One line per distinct reason: where (the first few places), code and detail.
+
+    A file whose every line breaks the same rule gives one line, not thousands.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for where, code, detail in rejections:
+        groups.setdefault((code, detail), []).append(where)
+    out = []
+    for (code, detail), places in list(groups.items())[:MAX_REJECTIONS_SHOWN]:
+        shown = ", ".join(places[:PLACES_SHOWN])
+        more = f" and {len(places) - PLACES_SHOWN} more" if len(places) > PLACES_SHOWN else ""
+        out.append(f"{verb} {shown}{more}: {code}: {detail}")
+    if len(groups) > MAX_REJECTIONS_SHOWN:
+        out.append(f"... and {len(groups) - MAX_REJECTIONS_SHOWN} more reasons")
+    return out
 
 
 class Importer:

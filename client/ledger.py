@@ -18,6 +18,7 @@ what the state file records (a resumed run starts after it).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field
 from quiesce.client.sources import Item
 
 __all__ = ["ImportLedger", "Rejection", "SourceProgress"]
+
+# A gateway detail about one triple of a message: ``triples[3].o.ln: ...``.
+_TRIPLE_IN_DETAIL = re.compile(r"triples\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,11 @@ class ImportLedger:
         return self._reject(item, code, detail)
 
     def _reject(self, item: Item, code: str, detail: str) -> Rejection:
-        rejection = Rejection(item.where, code, detail, item.index)
+        where = item.where
+        triple = _TRIPLE_IN_DETAIL.match(detail)
+        if triple is not None and item.first_triple is not None:
+            where += f", triple {item.first_triple + int(triple.group(1))}"
+        rejection = Rejection(where, code, detail, item.index)
         progress = self.sources[item.source]
         progress.rejections.append(rejection)
         progress.settle(item.index)

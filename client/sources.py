@@ -82,6 +82,8 @@ class Item:
         where: where it comes from, for reports (``data.jsonl:17``).
         text: the frame to send.
         problem: why it cannot be sent at all (not UTF-8), or None.
+        first_triple: (RDF) the position in the file of the message's first triple, so a
+            detail naming ``triples[i]`` can be traced to the file's triple.
     """
 
     source: int
@@ -89,6 +91,7 @@ class Item:
     where: str
     text: str
     problem: str | None = None
+    first_triple: int | None = None
 
 
 @dataclass
@@ -157,7 +160,8 @@ class Source:
                                           collection=options.collection, user=options.user)
             first = k * batch + 1
             where = f"{self.name}: message {k + 1} (triples {first}-{first + len(chunk) - 1})"
-            yield Item(self.number, k + 1, where, orjson.dumps(message).decode())
+            yield Item(self.number, k + 1, where, orjson.dumps(message).decode(),
+                       first_triple=first)
 
 
 def format_of(spec: str, fmt: str | None) -> str:

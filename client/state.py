@@ -6,7 +6,7 @@ A state file is a small JSON document; by default one beside each input
 `quiesce.client.sources`), how many of its messages are settled from the start (receipted
 or rejected: ``done``), the highest message an earlier run had sent (``sent``), and the
 rejections among the settled ones. It is written atomically (a temporary file renamed over
-it), a few times a second while acks arrive and once at the end; a run killed between two
+it), up to 20 times a second while acks arrive and once at the end; a run killed between two
 writes only sends a little more again, never less.
 
 `plan` decides what a run does with an entry: resume after ``done`` when the fingerprint and
@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quiesce.client._text import plural
 from quiesce.client.errors import UsageError
 
 __all__ = ["STATE_SUFFIX", "Entry", "Resume", "StateFile", "default_state_path", "plan"]
@@ -125,7 +126,7 @@ def plan(entry: Entry | None, fingerprint: str, layout: str, total: int, name: s
         return Resume(note=f"{name}: {what} since the last run: importing all {total} messages")
     rejected = f", {entry.rejected} of them rejected" if entry.rejected else ""
     if entry.complete:
-        note = (f"{name}: already imported ({entry.total} messages settled{rejected}): "
+        note = (f"{name}: already imported ({plural(entry.total, 'message')} settled{rejected}): "
                 "nothing to send (give --fresh to import it again)")
     else:
         again = max(0, min(entry.sent, total) - entry.done)

@@ -110,7 +110,7 @@ async def test_rdf_a_tg1_gateway_cannot_carry_is_rejected_naming_the_message_and
     report = await import_files(gateway, flow, [path], batch=2)
     assert (report.frames_sent, report.receipted) == (2, 1)
     (rejection,) = report.rejections
-    assert rejection.where == f"{path}: message 2 (triples 3-4)"
+    assert rejection.where == f"{path}: message 2 (triples 3-4), triple 4"
     assert (rejection.code, rejection.detail) == (
         "invalid-message", "triples[1].o.ln: tg1 cannot carry a literal language tag")
     assert report.exit_code == 1
@@ -188,7 +188,8 @@ async def test_a_client_killed_half_way_then_rerun_delivers_everything_and_says_
     assert first.process.returncode == -signal.SIGKILL
     state = json.loads((tmp_path / "big.jsonl.quiesce-state").read_text())
     (entry,) = state["entries"].values()
-    assert at_kill <= entry["done"] < total, "the first run was not killed half-way"
+    # The state is written 20 times a second, so it may lag the last progress line.
+    assert at_kill < total and 0 < entry["done"] < total, "not killed half-way"
 
     second = command_process(*command)
     try:
