@@ -120,8 +120,18 @@ def refusal(exc: InvalidStatus, url: str, token: str | None) -> Refused | None:
 
 def unreachable(exc: BaseException, url: str) -> Unreachable:
     """`Unreachable` naming the address and the cause of a failed connection attempt."""
-    cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return Unreachable(f"cannot reach {where(url)}: {cause} (is the gateway running?)")
+    return Unreachable(f"cannot reach {where(url)}: {failure_cause(exc)} (is the gateway "
+                       "running?)")
+
+
+def failure_cause(exc: BaseException) -> str:
+    """The root cause of a failed attempt: ``Connection refused`` rather than trio's "all
+    attempts to connect to … failed", which wraps one error per address it tried."""
+    inner = exc.__cause__
+    if isinstance(inner, BaseExceptionGroup):
+        causes = {failure_cause(e) for e in inner.exceptions}
+        return "; ".join(sorted(causes))
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def connect_errors() -> tuple[type[BaseException], ...]:

@@ -179,6 +179,9 @@ def run_client(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _err(f"error: {exc}")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while reading inputs, before anything was sent
+        _err("interrupted before sending anything")
+        return 130
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -199,8 +202,9 @@ def _import(args: argparse.Namespace) -> int:
         source=SourceOptions(kind=args.kind, fmt=args.fmt, batch=args.batch,
                              wire=Profile(args.wire), doc_id=args.doc_id,
                              collection=args.collection, user=args.user))
-    inputs = prepare_import(options, args.files)
-    importer = Importer(options, inputs, make_progress(Mode(args.progress), "receipted"))
+    progress = make_progress(Mode(args.progress), "receipted")
+    inputs = prepare_import(options, args.files, progress.note)
+    importer = Importer(options, inputs, progress)
     trio.run(_run_with_signals, importer.run)
     report = importer.report()
     for line in report.lines():

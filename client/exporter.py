@@ -248,7 +248,7 @@ class Exporter:
             except _ws.connect_errors() as exc:
                 if self.connections == 0:
                     raise _ws.unreachable(exc, self.url) from None
-                why = str(exc) or type(exc).__name__
+                why = _ws.failure_cause(exc)
             else:
                 if closed is None or self.ended:
                     return

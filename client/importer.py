@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from quiesce.client._text import plural
 from quiesce.client.errors import ClientError, Unreachable
 from quiesce.client.ledger import ImportLedger, Rejection, SourceProgress
 from quiesce.client.progress import Progress
-from quiesce.client.sources import Source, SourceOptions, open_source
+from quiesce.client.sources import JSONL, Source, SourceOptions, format_of, open_source
 from quiesce.client.state import (
     MAX_REJECTIONS_KEPT,
     Entry,
@@ -101,12 +101,15 @@ def _target(options: ImportOptions) -> str:
     return f"{_ws.where(options.url)} flow={options.flow}{workspace} kind={options.kind}"
 
 
-def prepare_import(options: ImportOptions, specs: Sequence[str]) -> list[_Input]:
+def prepare_import(options: ImportOptions, specs: Sequence[str],
+                   note: Callable[[str], None] | None = None) -> list[_Input]:
     """Read every input and decide where each resumes.
 
     Args:
         options: the command's options.
         specs: input paths, ``-`` for standard input.
+        note: told before each RDF input is parsed (rdflib takes a few seconds per million
+            triples, with nothing else to show meanwhile).
 
     Raises:
         UsageError: an input cannot be read or converted, or a state file is not one.
@@ -114,6 +117,8 @@ def prepare_import(options: ImportOptions, specs: Sequence[str]) -> list[_Input]
     states: dict[Path, StateFile] = {}
     inputs = []
     for number, spec in enumerate(specs):
+        if note is not None and format_of(spec, options.source.fmt) != JSONL:
+            note(f"reading {spec} …")
         source = open_source(spec, number, options.source)
         state_path = options.state
         if state_path is None and source.path is not None:
@@ -300,8 +305,9 @@ class Importer:
         stop = trio.Event() if stop is None else stop
         self._started = trio.current_time()
         for i in self.inputs:
-            if i.resume.note:
-                self.progress.note(i.resume.note)
+            for note in (i.source.note, i.resume.note):
+                if note:
+                    self.progress.note(note)
         total = sum(i.source.total for i in self.inputs)
         self.progress.start(f"import {self.options.kind}", total,
                             sum(i.resume.start for i in self.inputs))
@@ -341,7 +347,7 @@ class Importer:
             except _ws.connect_errors() as exc:
                 if self.ledger.connections == 0:
                     raise _ws.unreachable(exc, self.url) from None
-                why = str(exc) or type(exc).__name__
+                why = _ws.failure_cause(exc)
             else:
                 fatal = _ws.fatal_close(closed, "import")
                 if fatal is not None:

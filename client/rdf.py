@@ -11,7 +11,7 @@ Export: `message_quads` reads the triples of an exported message of either wire 
 into rdflib terms; `serialize_quads` writes them as N-Triples or N-Quads.
 
 Blank nodes: rdflib names them afresh on every parse, so each is relabelled
-``<prefix>n<k>``, ``k`` counting blank nodes in order of first appearance and the prefix
+``<prefix>_<k>``, ``k`` counting blank nodes in order of first appearance and the prefix
 derived from the file's content: the same file always gives the same labels (a resumed import
 continues the same graph), and two files never share one (blank nodes are local to their
 document).
@@ -67,7 +67,12 @@ _PADDED_END = re.compile(rb"\s+\.$")
 
 
 class _DocumentOrder(Memory):
-    """rdflib's memory store, remembering each distinct quad in the order parsers add them."""
+    """A sink for rdflib's parsers: each distinct quad, in the order the parser adds it.
+
+    It stores nothing else: rdflib's parsers only add (checked for every format by the
+    tests), and keeping rdflib's own indexes too cost 70 % more time (300,000 N-Triples:
+    7.1 s against 4.1 s). Everything but `add` is the memory store's, over an empty store.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,7 +80,6 @@ class _DocumentOrder(Memory):
         self._seen: set[Quad] = set()
 
     def add(self, triple: tuple[Node, Node, Node], context: Any, quoted: bool = False) -> None:
-        super().add(triple, context, quoted)
         graph = getattr(context, "identifier", None)
         quad: Quad = (*triple, None if graph == DATASET_DEFAULT_GRAPH_ID else graph)
         if quad not in self._seen:
@@ -116,7 +120,7 @@ def _term2(node: Node, labels: dict[Node, str], prefix: str) -> dict[str, Any]:
     if isinstance(node, BNode):
         label = labels.get(node)
         if label is None:
-            label = labels[node] = f"{prefix}n{len(labels) + 1}"
+            label = labels[node] = f"{prefix}_{len(labels) + 1}"
         return {"t": "b", "d": label}
     if isinstance(node, Literal):
         term: dict[str, Any] = {"t": "l", "v": str(node)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class Source:
         fingerprint: ``sha256:<hex>`` of its bytes.
         layout: what else decides its messages (format, batch, wire, metadata).
         total: how many messages it makes.
+        note: (RDF) how many triples were read, and how long parsing took.
     """
 
     number: int
@@ -115,6 +117,7 @@ class Source:
     fingerprint: str
     layout: str
     total: int
+    note: str = ""
     _data: bytes | None = None
     _triples: list[dict[str, Any]] | None = None
     _options: SourceOptions | None = None
@@ -238,7 +241,11 @@ def open_source(spec: str, number: int, options: SourceOptions) -> Source:
     data = _read(spec)
     digest = hashlib.sha256(data).hexdigest()
     base = path.resolve().as_uri() if path is not None else None
+    started = time.monotonic()
     quads = rdf.parse(data, fmt, name, base)
+    note = (f"{name}: {len(quads)} triples read in {time.monotonic() - started:.1f}s, "
+            f"sent as {math.ceil(len(quads) / options.batch)} messages of up to "
+            f"{options.batch}")
     triples = rdf.wire2_triples(quads, prefix=f"b{digest[:12]}")
     if options.wire is Profile.TG1:
         rdf.check_tg1(triples, quads, name)
@@ -246,5 +253,5 @@ def open_source(spec: str, number: int, options: SourceOptions) -> Source:
               f" collection={options.collection}"
               + (f" user={options.user}" if options.wire is Profile.TG1 else ""))
     total = math.ceil(len(triples) / options.batch)
-    return Source(number, path, name, fmt, f"sha256:{digest}", layout, total,
+    return Source(number, path, name, fmt, f"sha256:{digest}", layout, total, note,
                   _triples=triples, _options=options)

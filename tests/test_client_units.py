@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rdflib import BNode, Graph, Literal, URIRef
+from rdflib import BNode, Dataset, Graph, Literal, URIRef
 from rdflib.compare import isomorphic
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
@@ -382,3 +382,39 @@ def test_rdf_formats_refuse_other_kinds_and_turtle_needs_a_file() -> None:
         open_writer("ttl", None, "triples")
 
 
+
+
+@pytest.mark.parametrize(("suffix", "document"), [
+    (".jsonld", '{"@context": {"ex": "http://example.org/", "name": {"@id": "ex:name", '
+                '"@language": "en"}, "list": {"@id": "ex:list", "@container": "@list"}}, '
+                '"@graph": [{"@id": "ex:a", "name": "Alice", "list": ["x", {"@id": "ex:b"}], '
+                '"ex:knows": {"ex:name": "anon"}}, {"@id": "ex:g", "@graph": [{"@id": "ex:c", '
+                '"ex:p": "1"}]}]}'),
+    (".nq", '<http://e/a> <http://e/p> "x"@en <http://e/g> .\n_:b1 <http://e/p> <http://e/c> .\n'
+            '<http://e/a> <http://e/q> _:b1 <http://e/g> .\n'),
+    (".trig", "@prefix ex: <http://example.org/> . ex:g { ex:a ex:p ( 1 2 ) . } "
+              'ex:b ex:q [ ex:r "s" ] .'),
+    (".ttl", '@prefix ex: <http://example.org/> . ex:a ex:p ( 1 2 [ ex:x "y"@de ] ) ; '
+             'ex:q """multi\nline""" .'),
+])
+def test_every_rdf_format_reads_every_quad_rdflib_reads(
+    tmp_path: Path, suffix: str, document: str
+) -> None:
+    """The document-order reader finds the same quads as rdflib's own store, per graph."""
+    path = tmp_path / f"in{suffix}"
+    path.write_text(document)
+    source = open_source(str(path), 0, SourceOptions(batch=1000))
+    (item,) = source.items()
+    quads = list(rdf.message_quads(json.loads(item.text)))
+    expected = Dataset()
+    expected.parse(path, format=rdf.RDF_FORMATS[suffix[1:]] if suffix != ".jsonld"
+                   else "json-ld")
+    graphs = {q[3] for q in quads}
+    assert len(quads) == sum(1 for _ in expected.quads((None, None, None, None)))
+    for name in graphs:
+        got = Graph()
+        for s, p, o, g in quads:
+            if g == name:
+                got.add((s, p, o))
+        want = expected.default_graph if name is None else expected.graph(name)
+        assert isomorphic(got, want), (suffix, name)
