@@ -50,6 +50,8 @@ __all__ = ["ImportOptions", "ImportReport", "Importer", "prepare_import"]
 # Seconds between two writes of the state file while receipts arrive (a small file: 20 writes
 # a second cost little, and bound what a crash makes the next run send twice).
 SAVE_INTERVAL = 0.05
+# RDF inputs from this size on are announced before parsing (about a second of rdflib).
+SLOW_READ_BYTES = 8 << 20
 # Exit codes of the import and export commands.
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_CONNECTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # Distinct rejection reasons listed in the summary, and places named for each (all counted).
@@ -108,8 +110,8 @@ def prepare_import(options: ImportOptions, specs: Sequence[str],
     Args:
         options: the command's options.
         specs: input paths, ``-`` for standard input.
-        note: told before each RDF input is parsed (rdflib takes a few seconds per million
-            triples, with nothing else to show meanwhile).
+        note: told before a large RDF input is parsed (rdflib reads ~100,000 triples a
+            second, with nothing else to show meanwhile).
 
     Raises:
         UsageError: an input cannot be read or converted, or a state file is not one.
@@ -117,7 +119,7 @@ def prepare_import(options: ImportOptions, specs: Sequence[str],
     states: dict[Path, StateFile] = {}
     inputs = []
     for number, spec in enumerate(specs):
-        if note is not None and format_of(spec, options.source.fmt) != JSONL:
+        if note is not None and _slow_to_read(spec, options.source.fmt):
             note(f"reading {spec} …")
         source = open_source(spec, number, options.source)
         state_path = options.state
@@ -135,6 +137,15 @@ def prepare_import(options: ImportOptions, specs: Sequence[str],
         progress = SourceProgress(source.total, resume.start, resume.earlier_sent)
         inputs.append(_Input(source, resume, progress, state, key))
     return inputs
+
+
+def _slow_to_read(spec: str, fmt: str | None) -> bool:
+    if spec == "-" or format_of(spec, fmt) == JSONL:
+        return False
+    try:
+        return Path(spec).stat().st_size >= SLOW_READ_BYTES
+    except OSError:
+        return False  # open_source says what is wrong with it
 
 
 @dataclass

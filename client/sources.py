@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from quiesce.client import rdf
+from quiesce.client._text import plural
 from quiesce.client.errors import UsageError
 from quiesce.core.profiles import Profile
 
@@ -244,7 +245,7 @@ def open_source(spec: str, number: int, options: SourceOptions) -> Source:
     started = time.monotonic()
     quads = rdf.parse(data, fmt, name, base)
     note = (f"{name}: {len(quads)} triples read in {time.monotonic() - started:.1f}s, "
-            f"sent as {math.ceil(len(quads) / options.batch)} messages of up to "
+            f"sent as {plural(math.ceil(len(quads) / options.batch), 'message')} of up to "
             f"{options.batch}")
     triples = rdf.wire2_triples(quads, prefix=f"b{digest[:12]}")
     if options.wire is Profile.TG1:

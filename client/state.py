@@ -125,6 +125,11 @@ def plan(entry: Entry | None, fingerprint: str, layout: str, total: int, name: s
         what = "changed" if entry.fingerprint != fingerprint else "is cut into other messages"
         return Resume(note=f"{name}: {what} since the last run: importing all {total} messages")
     rejected = f", {entry.rejected} of them rejected" if entry.rejected else ""
+    if entry.done == 0 and not entry.complete:  # an earlier run settled nothing
+        sent = min(entry.sent, total)
+        note = (f"{name}: an earlier run sent {plural(sent, 'message')} without a receipt: "
+                "sending them again" if sent else "")
+        return Resume(0, entry.sent, 0, (), note)
     if entry.complete:
         note = (f"{name}: already imported ({plural(entry.total, 'message')} settled{rejected}): "
                 "nothing to send (give --fresh to import it again)")

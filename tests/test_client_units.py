@@ -222,6 +222,11 @@ def test_plan_resumes_a_matching_entry_and_restarts_a_changed_file() -> None:
     assert "changed since the last run" in plan(entry, "sha256:b", "jsonl", 10, "f").note
     assert plan(entry, "sha256:a", "turtle batch=5", 10, "f").start == 0
     assert plan(entry, "sha256:a", "jsonl", 10, "f", fresh=True).start == 0
+    assert plan(Entry("sha256:a", "jsonl", 10), "sha256:a", "jsonl", 10, "f").note == ""
+    unreceipted = plan(Entry("sha256:a", "jsonl", 10, sent=3), "sha256:a", "jsonl", 10, "f")
+    assert (unreceipted.start, unreceipted.earlier_sent) == (0, 3)
+    assert unreceipted.note == ("f: an earlier run sent 3 messages without a receipt: "
+                                "sending them again")
     done = Entry("sha256:a", "jsonl", 10, done=10, sent=10)
     assert plan(done, "sha256:a", "jsonl", 10, "f").start == 10
     assert "already imported" in plan(done, "sha256:a", "jsonl", 10, "f").note
