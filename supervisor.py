@@ -59,7 +59,7 @@ from websockets.trio.server import Server
 from websockets.trio.server import serve as ws_serve
 
 from quiesce.actors._observe import JsonFormatter, TextFormatter, TransitionLog
-from quiesce.actors.broker import open_broker
+from quiesce.actors.broker import Broker, monitor_broker, open_broker
 from quiesce.actors.connection import ConnectionActor, Services, Worker
 from quiesce.actors.exporter import ExportWorker
 from quiesce.actors.http import HttpFront
@@ -72,6 +72,7 @@ from quiesce.core.config import LoadedSettings, Settings, load_settings, render_
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
 from quiesce.core.protocol import CloseCode, Direction
 from quiesce.machines import ALL_MACHINES
+from quiesce.machines.broker import BrokerMachine
 from quiesce.machines.supervisor import SupervisorMachine
 
 LOGGER = logging.getLogger("quiesce.supervisor")
@@ -103,7 +104,10 @@ class Supervisor:
         self.machine = SupervisorMachine()
         self.machine.observe(TransitionLog(LOGGER, "supervisor", "supervisor"))
         self.metrics = Metrics()
-        self.front = HttpFront(settings, self.machine, self.metrics)
+        self.broker_health = BrokerMachine()
+        self.broker_health.observe(TransitionLog(LOGGER, "broker", "broker"))
+        self.front = HttpFront(settings, self.machine, self.metrics, self.broker_health)
+        self._monitor_scope = trio.CancelScope()
         self.actors: set[ConnectionActor] = set()
         # Queue depths are read when scraped, not updated per message on the hot path.
         self.metrics.publisher_queue_depth.set_function(self._publisher_depth)
@@ -163,8 +167,10 @@ class Supervisor:
                         LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
                                     ", embedded" if broker.embedded else "",
                                     extra={"url": self.url, "broker": broker.url})
+                        nursery.start_soon(self._monitor, broker)
                         await self.shutdown_requested.wait()
                         await self._drain(server, nursery)
+                        self._monitor_scope.cancel(reason="stopped")
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
@@ -175,6 +181,10 @@ class Supervisor:
             raise StartupError(str(failure)) from failure
         if not self.unclean:  # after a failure the machine is already in ``failed``
             self.machine.exit()
+
+    async def _monitor(self, broker: Broker) -> None:
+        with self._monitor_scope:
+            await monitor_broker(broker, self.broker_health, self.settings, self.metrics)
 
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings

@@ -127,6 +127,9 @@ class Worker(Protocol):
     def intake_stopping(self) -> None:
         """Intake is being cancelled: bound any write that must not be cut half-way."""
 
+    def grace(self, until: float) -> None:
+        """The server drains but intake may go on until ``until`` or the client goes quiet."""
+
 
 class ConnectionActor:
     """One WebSocket, its worker and its connection machine (see the module docstring).
@@ -158,17 +161,32 @@ class ConnectionActor:
         # Cancelled to stop taking frames/messages: the first step of every drain.
         self.intake_scope = trio.CancelScope()
         self.worker = make_worker(self)
-        self.machine = ConnectionMachine(self.worker.machine)
+        self.machine = ConnectionMachine(self.worker.machine,
+                                         grace=self.direction is Direction.IMPORT)
         self.machine.observe(TransitionLog(LOGGER, "connection", self.id,
                                            direction=str(self.direction), **self.log_fields))
 
     # ------------------------------------------------ facts from outside
 
     def request_drain(self, deadline: float) -> None:
-        """The server drains: stop intake now, and be done by ``deadline``."""
+        """The server drains: stop intake (or let it finish within the grace); done by
+        ``deadline``."""
         self.deadlines.cap(deadline)
         self.machine.server_drain()
-        self._stop_intake("server draining")
+        if not self.machine.intake_open:
+            self._stop_intake("server draining")
+            return
+        # The machine granted a grace: intake goes on until the client closes or goes quiet,
+        # within import_drain_grace and leaving the publisher's drain its time before the
+        # deadline.
+        now = trio.current_time()
+        room = max(0.0, deadline - now - self.settings.publisher_drain_timeout)
+        self.worker.grace(now + min(self.settings.import_drain_grace, room))
+
+    def report_quiet(self) -> None:
+        """During a server drain's grace, the client went quiet (or the grace ran out)."""
+        self.machine.quiet()
+        self._stop_intake("client quiet during the drain")
 
     def force_now(self) -> None:
         """The shutdown deadline has passed: every wait ends now (close with 1011)."""

@@ -218,6 +218,10 @@ class ExportWorker:
             scope.deadline = min(scope.deadline,
                                  trio.current_time() + self.settings.socket_grace_period)
 
+    def grace(self, until: float) -> None:
+        """An export gets no grace (its connection machine stops it at once)."""
+        raise AssertionError("export connections have no drain grace")
+
     def _ack(self, messages: list[Any]) -> None:
         self.subscriber.ack(messages)
         self._acknowledged.inc(len(messages))

@@ -31,6 +31,7 @@ from quiesce.core.routes import API_PREFIX, resolve_route
 if TYPE_CHECKING:
     from quiesce.actors.metrics import Metrics
     from quiesce.core.config import Settings
+    from quiesce.machines.broker import BrokerMachine
     from quiesce.machines.supervisor import SupervisorMachine
 
 def _token_ok(request: Request, query: str, secret: str) -> bool:
@@ -71,10 +72,12 @@ class HttpFront:
         bound_url: filled in once the listener is bound (``/readyz`` reports it).
     """
 
-    def __init__(self, settings: Settings, machine: SupervisorMachine, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, machine: SupervisorMachine, metrics: Metrics,
+                 broker: BrokerMachine) -> None:
         self.settings = settings
         self.machine = machine
         self.metrics = metrics
+        self.broker = broker
         self.bound_url = ""
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -84,9 +87,12 @@ class HttpFront:
         if path == "/healthz":
             return text_response(200, "ok")
         if path == "/readyz":
-            if self.machine.accepting:
-                return text_response(200, f"ready {self.bound_url}")
-            return text_response(503, f"not ready: {self.machine.state}")
+            if not self.machine.accepting:
+                return text_response(503, f"not ready: {self.machine.state}")
+            if not self.broker.ready:
+                return text_response(503, "not ready: the broker has been unreachable for "
+                                     f"over {self.settings.broker_unready_after:g}s")
+            return text_response(200, f"ready {self.bound_url}")
         secret = self.settings.secret
         if path == "/metrics" or path.startswith(API_PREFIX):
             if secret is not None and not _token_ok(request, parts.query, secret):

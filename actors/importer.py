@@ -29,6 +29,7 @@ rejected.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -37,7 +38,7 @@ from quiesce.actors._observe import TransitionLog
 from quiesce.actors.publisher import Publisher
 from quiesce.core.convert import convert_frame, dumps
 from quiesce.core.errors import BrokerError, InvalidMessage
-from quiesce.core.protocol import ErrorCode, ack_frame, error_frame
+from quiesce.core.protocol import ErrorCode, ack_frame, draining_frame, error_frame
 from quiesce.core.wire import parse
 from quiesce.machines.receipts import ReceiptLedger
 from quiesce.machines.worker import WorkerMachine
@@ -50,6 +51,9 @@ LOGGER = logging.getLogger("quiesce.import")
 # Receipts are coalesced: after sending one, the sender lets this much time pass before the
 # next, so a fast stream gets a few hundred acks a second instead of one per broker batch.
 RECEIPT_INTERVAL = 0.005
+# During a server drain's grace, a client that sends nothing for this long is done (or idle):
+# the drain goes on without waiting for the rest of the grace.
+QUIET_PERIOD = 0.5
 # After the first rejected frame of a connection, at most one log line per this many seconds.
 REJECTION_LOG_INTERVAL = 5.0
 
@@ -79,6 +83,10 @@ class ImportWorker:
         self._last_words = False
         self._concluded = False
         self._capacity_counted = False
+        self._grace_until: float | None = None  # set when a server drain grants a grace
+        self._last_frame = 0.0
+        self._wait: trio.CancelScope | None = None  # the intake's current wait
+        self._notice: str | None = None  # {"draining": …}, sent before anything else
         self._next_rejection_log = 0.0
         metrics = conn.metrics
         self._imported = metrics.imported.labels(route.kind)
@@ -113,13 +121,25 @@ class ImportWorker:
         route, limit = conn.route, self._limit
         kind, profile, workspace = route.kind, route.profile, route.workspace
         while True:
-            while ledger.in_flight >= limit:
-                self._room = trio.Event()
-                await self._room.wait()
-            try:
-                frame = await ws.receive_frame()
-            except InvalidMessage as exc:
-                self._reject(ledger.receive(), exc.code, exc.detail)
+            # Neither wait holds a frame when it is cut: the cut (the deadline a server
+            # drain's grace sets) ends intake and loses nothing.
+            frame: str | bytes | InvalidMessage | None = None
+            with trio.CancelScope(deadline=self._quiet_deadline()) as wait:
+                self._wait = wait
+                while ledger.in_flight >= limit:
+                    self._room = trio.Event()
+                    await self._room.wait()
+                try:
+                    frame = await ws.receive_frame()
+                except InvalidMessage as exc:
+                    frame = exc
+            self._wait = None
+            if wait.cancelled_caught:
+                conn.report_quiet()
+                return
+            self._last_frame = trio.current_time()
+            if isinstance(frame, InvalidMessage):
+                self._reject(ledger.receive(), frame.code, frame.detail)
                 continue
             if frame is None:
                 conn.report_ending(ws.ending())
@@ -136,6 +156,26 @@ class ImportWorker:
                 publisher.publish_nowait(seq, payload)
             else:
                 self._reject(seq, ErrorCode.UNSUPPORTED_FRAME, BINARY_DETAIL)
+
+    def _quiet_deadline(self) -> float:
+        if self._grace_until is None:
+            return math.inf
+        return min(self._grace_until, self._last_frame + QUIET_PERIOD)
+
+    def grace(self, until: float) -> None:
+        """A server drain lets intake go on until ``until`` or until the client goes quiet.
+
+        A client with receipts is told at once (``{"draining": …}``) so it can stop early.
+        """
+        now = trio.current_time()
+        self._grace_until = until
+        if self._wait is not None:
+            self._wait.deadline = self._quiet_deadline()
+        if self.ledger.receipts:
+            self._notice = draining_frame(until - now)
+            self._news.set()
+        LOGGER.info("server draining: taking frames for up to %.1fs while the client sends",
+                    until - now, extra=self.conn.log_fields)
 
     def _reject(self, seq: int, code: ErrorCode, detail: str) -> None:
         self.ledger.reject(seq, code, detail)
@@ -195,6 +235,9 @@ class ImportWorker:
 
     async def _flush(self) -> bool:
         ws, ledger = self.conn.ws, self.ledger
+        notice, self._notice = self._notice, None
+        if notice is not None and not await ws.send_text(notice):
+            return False
         owed, ack = ledger.take_flush()
         for rejection in owed:
             if not await ws.send_text(error_frame(rejection.code, rejection.detail,

@@ -40,7 +40,9 @@ from typing import Any
 
 import pulsar
 
+from quiesce.core import convert
 from quiesce.core.config import load_settings
+from quiesce.core.profiles import Profile
 
 # The benchmarks run as scripts (`python bench/import_bench.py`), so only bench/ is on
 # sys.path. This is the one place that adds the repository root, after bench/ and before
@@ -49,7 +51,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(1, _ROOT)
 
-from tests.data import sample_message  # noqa: E402
+from tests.data import sample_message, sample_message_tg2  # noqa: E402
 from tests.harness import (  # noqa: E402
     Broker,
     GatewayProcess,
@@ -71,17 +73,21 @@ __all__ = [
     "PublishFailed",
     "Rig",
     "Stats",
+    "apply_profile",
     "bench_arguments",
     "cpu_seconds",
+    "exported_form",
     "fmt_cpu",
     "import_path",
     "message_key",
     "new_flow",
     "open_import",
     "print_table",
+    "profile",
     "publish",
     "read_topic_counted",
     "rig",
+    "stored_form",
     "timeout_for",
     "topic_for",
     "triples_payloads",
@@ -90,8 +96,32 @@ __all__ = [
 
 
 def triples_payloads(n: int, start: int = 0) -> list[str]:
-    """``n`` distinct triples frames, ``json.dumps(sample_message("triples", i))``."""
+    """``n`` distinct triples frames in the wire format of the profile under test.
+
+    ``tg1``: ``json.dumps(sample_message("triples", i))``; ``tg2``: the same data as 2.x
+    terms (`tests.data.sample_message_tg2`). The profile is ``QUIESCE_PROFILE`` (set by
+    ``--profile``), the variable the gateway reads too.
+    """
+    if profile() is Profile.TG2:
+        return [json.dumps(sample_message_tg2(i)) for i in range(start, start + n)]
     return [json.dumps(sample_message("triples", i)) for i in range(start, start + n)]
+
+
+def profile() -> Profile:
+    """The profile under test (``QUIESCE_PROFILE``, tg1 when unset)."""
+    return Profile(os.environ.get("QUIESCE_PROFILE") or "tg1")
+
+
+def stored_form(frames: list[str], kind: str = "triples") -> list[bytes]:
+    """What the gateway publishes for ``frames``: the profile's Pulsar payloads."""
+    return [convert.dumps(convert.convert_frame(kind, json.loads(f), profile()))
+            for f in frames]
+
+
+def exported_form(payloads: list[bytes], kind: str = "triples") -> list[str]:
+    """What the gateway writes for stored ``payloads``: the profile's wire format."""
+    return [convert.dumps(convert.from_pulsar(kind, json.loads(p), profile())).decode()
+            for p in payloads]
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -238,7 +268,16 @@ def bench_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1_000,
                         help="untimed messages through every path first (1000; 0: none)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument("--profile", choices=("tg1", "tg2"), default=None,
+                        help="TrustGraph profile of the gateway and the data (tg1; sets "
+                             "QUIESCE_PROFILE)")
     return parser
+
+
+def apply_profile(args: argparse.Namespace) -> None:
+    """Make ``--profile`` the profile of this run: the gateway and the data both follow it."""
+    if args.profile is not None:
+        os.environ["QUIESCE_PROFILE"] = args.profile
 
 
 @dataclass

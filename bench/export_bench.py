@@ -79,12 +79,16 @@ from _common import (
     GatewayProcess,
     PublishFailed,
     Stats,
+    apply_profile,
     bench_arguments,
+    exported_form,
     message_key,
     new_flow,
     print_table,
+    profile,
     publish,
     rig,
+    stored_form,
     timeout_for,
     topic_for,
     triples_payloads,
@@ -417,9 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     if n < 1 or repeat < 1 or args.warmup < 0 or args.ack_every < 1:
         parser.error("--messages, --repeat and --ack-every must be >= 1, --warmup >= 0")
 
-    frames = triples_payloads(n)
-    payloads = [f.encode() for f in frames]
-    text_index = {f: i for i, f in enumerate(frames)}
+    apply_profile(args)
+    # Published: the profile's payloads (what TrustGraph's producers write); written to the
+    # socket: the profile's wire format of each.
+    payloads = stored_form(triples_payloads(n))
+    text_index = {f: i for i, f in enumerate(exported_form(payloads))}
     bytes_index = {p: i for i, p in enumerate(payloads)}
     raw_consume = RAW_MODES[args.raw_mode]
     raw = Runs(Stats(RAW_NAMES[args.raw_mode], n))
@@ -428,18 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     publish_s: list[float] = []
     failures: list[str] = []
 
-    print(f"export bench: {n} triples messages of ~{sum(map(len, payloads)) // n} bytes, "
+    print(f"export bench ({profile().value}): {n} triples messages of "
+          f"~{sum(map(len, payloads)) // n} bytes, "
           f"repeat {repeat}, {os.cpu_count()} cores shared by broker, gateway and client")
     with rig() as on:
         client, meter, gw_proc = on.client, on.meter, on.gateway
         try:
             if args.warmup:
-                warm = triples_payloads(args.warmup, start=n)
+                warm = stored_form(triples_payloads(args.warmup, start=n))
                 flow = new_flow("warm")
-                fill(client, topic_for(flow, KIND), [w.encode() for w in warm])
-                raw_consume(client, topic_for(flow, KIND), {w.encode(): i
-                                                            for i, w in enumerate(warm)})
-                warm_index = {w: i for i, w in enumerate(warm)}
+                fill(client, topic_for(flow, KIND), warm)
+                raw_consume(client, topic_for(flow, KIND), {w: i for i, w in enumerate(warm)})
+                warm_index = {w: i for i, w in enumerate(exported_form(warm))}
                 for client_mode in (False, True):
                     warm_run = gateway_export(gw_proc, flow, warm_index, client_mode,
                                               args.ack_every)

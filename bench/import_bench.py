@@ -63,14 +63,17 @@ from _common import (
     CpuMeter,
     PublishFailed,
     Stats,
+    apply_profile,
     bench_arguments,
     import_path,
     new_flow,
     open_import,
     print_table,
+    profile,
     publish,
     read_topic_counted,
     rig,
+    stored_form,
     timeout_for,
     topic_for,
     triples_payloads,
@@ -164,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     n, repeat = args.messages, args.repeat
     if n < 1 or repeat < 1 or args.blocking_messages < 1 or args.warmup < 0:
         parser.error("--messages, --repeat and --blocking-messages must be >= 1")
+    apply_profile(args)
 
     frames = triples_payloads(n)
-    payloads = [f.encode() for f in frames]
-    blocking_payloads = [f.encode() for f in triples_payloads(args.blocking_messages)]
+    # Raw pulsar-client sends what the gateway stores: the profile's payload of each frame.
+    payloads = stored_form(frames)
+    blocking_payloads = stored_form(triples_payloads(args.blocking_messages))
     raw = Stats(RAW, n)
     gw = Stats(GATEWAY, n)
     blocking = Stats(BLOCKING, args.blocking_messages)
@@ -175,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     redeliveries: list[int] = []
     failure: str | None = None
 
-    print(f"import bench: {n} triples frames of ~{sum(map(len, payloads)) // n} bytes, "
+    print(f"import bench ({profile().value}): {n} triples frames of "
+          f"~{sum(map(len, frames)) // n} bytes, "
           f"repeat {repeat}, {os.cpu_count()} cores shared by broker, gateway and client")
     with rig() as on:
         client, meter, gw_proc = on.client, on.meter, on.gateway
         try:
             if args.warmup:
                 warm = triples_payloads(args.warmup, start=n)
-                raw_send_async(client, topic_for(new_flow("warm-raw"), KIND),
-                               [w.encode() for w in warm])
+                raw_send_async(client, topic_for(new_flow("warm-raw"), KIND), stored_form(warm))
                 gateway_import(ws_url(gw_proc, import_path(new_flow("warm-gw"))), warm)
             for _ in range(repeat):
                 topic = topic_for(new_flow("raw"), KIND)

@@ -109,6 +109,8 @@ class Settings:
     metrics_enabled: bool = True
     queue_stats_on_shutdown: bool = True
     broker_metrics_port: int = 0
+    broker_probe_interval: float = 2.0
+    broker_unready_after: float = 10.0
     flows: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -274,6 +276,8 @@ _RULES: dict[str, _Rule] = {
     "metrics_enabled": _BOOL,
     "queue_stats_on_shutdown": _BOOL,
     "broker_metrics_port": _int_rule(0, 65535),
+    "broker_probe_interval": _float_rule(0, strict=True),
+    "broker_unready_after": _float_rule(0, strict=False),
 }
 
 _INVALID = object()

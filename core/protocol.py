@@ -7,6 +7,8 @@ wire shape of an error, a receipt, the end of a dump or an export envelope is de
   caused it);
 - ``ack_frame``    ``{"ack": N}``: an import receipt, cumulative;
 - ``END_FRAME``    ``{"end": true}``: an ``until=end`` export delivered its backlog;
+- ``draining_frame`` ``{"draining": {"grace_ms": G}}``: the server drains; an import with
+  receipts may go on sending for up to G ms (or stop now, and resume elsewhere);
 - ``envelope``     ``{"seq": N, "message": M}``: an ``ack=client`` export frame.
 
 Close codes, error codes, ack modes, backpressure strategies and start positions are enums
@@ -94,6 +96,11 @@ def invalid_payload(detail: str, message_id: str, raw: bytes) -> bytes:
                    "message_id": message_id, "payload": raw.decode(errors="replace")}},
         separators=(",", ":"),
     ).encode()
+
+
+def draining_frame(grace: float) -> str:
+    """``{"draining": {"grace_ms": G}}``: the server drains; frames are taken for G ms more."""
+    return f'{{"draining":{{"grace_ms":{max(0, round(grace * 1000))}}}}}'
 
 
 def ack_frame(seq: int) -> str:

@@ -37,7 +37,9 @@ class Lifecycle(StateChart[Any]):
         return any(state.final for state in self.configuration)
 
 
-def stays(state: State, on: str | None = None, unless: str | None = None) -> TransitionList:
+def stays(
+    state: State, on: str | None = None, unless: str | None = None, cond: str | None = None
+) -> TransitionList:
     """Declare that an event is legal in ``state`` and keeps it there (an internal transition).
 
     This is how a machine says "this fact may arrive here, and changes nothing but what
@@ -48,5 +50,7 @@ def stays(state: State, on: str | None = None, unless: str | None = None) -> Tra
         kwargs["on"] = on
     if unless is not None:
         kwargs["unless"] = unless
+    if cond is not None:
+        kwargs["cond"] = cond
     result: TransitionList = state.to.itself(**kwargs)  # type: ignore[no-untyped-call]
     return result

@@ -7,7 +7,9 @@ records what the close must be::
     opening --opened [drain requested]-----> draining
     opening --open_failed--> draining                      (no producer/consumer: 1011)
     running --client_closed | peer_lost | frame_too_big | failed
-              | server_drain | finished--> draining
+              | server_drain [no grace] | finished--> draining
+    running --server_drain [grace]--> running         (an import keeps taking frames…)
+    running --quiet [drain requested]--> draining      (…until its client goes quiet)
     running | draining --deadline--> draining          (the supervisor's deadline passed)
     draining --drained [worker done, client informed, no deadline]--> closing   (graceful)
     draining --drained [otherwise]--> closing                      (forced: 1011)
@@ -22,6 +24,11 @@ the machine takes the graceful edge only when the worker stopped with everything
 the client was told everything it is owed (unless the peer is gone) and no shutdown
 deadline cut the drain (``deadline``). A close counts as forced exactly when it took the
 other edge.
+
+The grace: most TrustGraph clients never read replies, so an import whose client is still
+sending when the server drains keeps taking frames (``grace``, given to import connections)
+until the client closes or goes quiet (``quiet``: nothing for a moment, or the grace ran
+out); every frame taken is then drained as usual. An export stops at once.
 
 Outcomes read by the actor: ``intake_open``, ``close_code`` (None: answer the client's own
 close frame with its code), ``forced``, and ``client_may_ack`` (a server drain with the
@@ -67,9 +74,11 @@ class ConnectionMachine(Lifecycle):
         | stays(closing)
     )
     finished = running.to(draining, on="note_finished")
+    quiet = running.to(draining, cond="stop_requested")
     server_drain = (
         stays(opening, on="note_server_drain")
-        | running.to(draining, on="note_server_drain")
+        | running.to(draining, unless="grace", on="note_server_drain")
+        | stays(running, cond="grace", on="note_server_drain")
         | stays(draining, on="note_server_drain")
         | stays(closing, on="note_server_drain")
     )
@@ -84,8 +93,9 @@ class ConnectionMachine(Lifecycle):
     )
     socket_closed = closing.to(closed)
 
-    def __init__(self, worker: WorkerMachine) -> None:
+    def __init__(self, worker: WorkerMachine, *, grace: bool = False) -> None:
         self.worker = worker
+        self.grace = grace  # a server drain lets intake go on until the client goes quiet
         self.stop_requested = False  # the server drains
         self.client_gone = False  # the client sent its close frame
         self.peer_gone = False  # the socket is gone: nothing more can be sent
@@ -144,7 +154,10 @@ class ConnectionMachine(Lifecycle):
 
     @property
     def intake_open(self) -> bool:
-        """Outcome: frames or messages are taken in (the connection is running)."""
+        """Outcome: frames or messages are taken in (the connection is running).
+
+        After ``server_drain`` this is the machine's answer to "is there a grace?".
+        """
         return bool(self.running.is_active)
 
     @property

@@ -11,7 +11,8 @@ from typing import Any
 
 from quiesce.core.wire import KINDS
 
-__all__ = ["doc_id", "id_of", "ids_of", "sample_message", "sample_messages"]
+__all__ = ["doc_id", "id_of", "ids_of", "sample_message", "sample_message_tg2",
+           "sample_messages"]
 
 _NS = "http://trustgraph.ai/e/"
 _RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
@@ -121,3 +122,20 @@ def id_of(message: dict[str, Any]) -> str:
 def ids_of(messages: list[dict[str, Any]]) -> list[str]:
     """The ``metadata.id`` of each message, in order."""
     return [id_of(m) for m in messages]
+
+
+def sample_message_tg2(i: int = 0) -> dict[str, Any]:
+    """``sample_message("triples", i)`` as a TrustGraph 2.x triples frame.
+
+    2.x terms (``{"t": "i", "i": …}``, ``{"t": "l", "v": …}``) and 2.x metadata
+    (``{id, root, collection}``): what a 2.x client sends, and what the ``tg2`` profile can
+    carry (the 1.x user and metadata triples have no place there).
+    """
+    from quiesce.core.convert import convert_wire
+    from quiesce.core.profiles import Profile
+
+    w2 = convert_wire("triples", sample_message("triples", i), Profile.TG1, Profile.TG2)
+    metadata = w2["metadata"]
+    w2["metadata"] = {"id": metadata["id"], "root": metadata["id"],
+                      "collection": metadata["collection"]}
+    return w2

@@ -779,6 +779,8 @@ class ImportClient:
         sent: frames handed to `send` so far (counted before sending, so an ack can never
             legitimately exceed it).
         violations: an ack not above the previous one or above ``sent``; an unknown frame.
+        draining: set when the server said it drains (``{"draining": …}``): a client that
+            reads replies stops sending then.
         closed: the ConnectionClosed that ended the connection, once it has.
         done: set once `collect` has ended.
     """
@@ -792,6 +794,7 @@ class ImportClient:
         self.violations: list[str] = []
         self.closed: ConnectionClosed | None = None
         self.done = trio.Event()
+        self.draining = trio.Event()
         self._changed = trio.Event()
 
     @property
@@ -814,6 +817,10 @@ class ImportClient:
                     self.acks.append(n)
                 elif "error" in frame:
                     self.errors.append(frame["error"])
+                elif "draining" in frame:
+                    if self.draining.is_set():
+                        self.violations.append("a second draining frame")
+                    self.draining.set()
                 else:
                     self.violations.append(f"unexpected frame {frame}")
                 self._wake()

@@ -11,6 +11,7 @@ from quiesce.core.errors import InvalidAck
 from quiesce.core.protocol import Backpressure, CloseCode, ErrorCode
 from quiesce.machines import (
     ALL_MACHINES,
+    BrokerMachine,
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
@@ -161,6 +162,29 @@ def test_the_shutdown_deadline_forces_the_close_even_with_the_worker_done() -> N
     assert machine.forced and machine.close_code is CloseCode.INTERNAL
 
 
+def test_a_server_drain_gives_an_import_a_grace_until_its_client_goes_quiet() -> None:
+    """With ``grace``, a server drain leaves intake open; ``quiet`` then ends it with 1001."""
+    machine = ConnectionMachine(WorkerMachine(Settled()), grace=True)
+    machine.opened()
+    refused(machine, "quiet")  # no drain asked for: the fact cannot be
+    machine.server_drain()
+    assert machine.state == "running" and machine.intake_open
+    machine.quiet()
+    assert machine.state == "draining"
+    drain_and_close(machine)
+    assert machine.close_code is CloseCode.GOING_AWAY and not machine.forced
+
+
+def test_a_client_close_during_the_grace_is_echoed() -> None:
+    """A client that finishes and closes within the grace gets its own close code back."""
+    machine = ConnectionMachine(WorkerMachine(Settled()), grace=True)
+    machine.opened()
+    machine.server_drain()
+    machine.client_closed()
+    drain_and_close(machine)
+    assert machine.close_code is None
+
+
 def test_a_drain_requested_while_opening_skips_running() -> None:
     """``opened`` goes straight to draining when the server drained during the open."""
     machine = ConnectionMachine(WorkerMachine(Settled()))
@@ -270,6 +294,20 @@ def test_the_supervisor_refuses_impossible_events() -> None:
     machine.ready()
     refused(machine, "ready")
     refused(machine, "exit")
+
+
+def test_a_broker_outage_turns_unready_only_when_it_lasts() -> None:
+    """Failed probes make the broker lost; only ``outage_long`` makes the gateway unready."""
+    machine = BrokerMachine()
+    machine.probe_failed()
+    machine.probe_failed()
+    assert machine.state == "lost" and machine.ready and not machine.up
+    machine.outage_long()
+    assert machine.state == "unready" and not machine.ready
+    refused(machine, "outage_long")
+    machine.probe_ok()
+    assert machine.state == "connected" and machine.ready and machine.up
+    refused(machine, "outage_long")
 
 
 def test_every_machine_class_is_strict() -> None:

@@ -126,7 +126,11 @@ async def open_export(gateway: Listening, flow: str, query: str) -> AsyncIterato
 async def test_sigterm_during_a_streaming_import_closes_1001_and_keeps_every_acked_frame(
     broker_url: str, pulsar_client: pulsar.Client, flow: str, tmp_path: Path
 ) -> None:
-    """SIGTERM mid-stream closes the import with 1001, exits 0, and loses no acked frame."""
+    """SIGTERM mid-stream closes the import with 1001, exits 0, and loses no acked frame.
+
+    The client reads replies: it stops sending at the server's ``{"draining": …}``, so the
+    gateway finds it quiet and drains without waiting for the rest of its grace.
+    """
     limit = 20_000
     async with open_gateway_process("--shutdown-timeout", "10", pulsar_url=broker_url,
                                     data_dir=tmp_path) as gateway:
@@ -135,6 +139,8 @@ async def test_sigterm_during_a_streaming_import_closes_1001_and_keeps_every_ack
             async def stream() -> None:
                 try:
                     for i in range(limit):
+                        if client.draining.is_set():
+                            return
                         await client.send(json.dumps(sample_message("triples", i)))
                 except ConnectionClosed:
                     pass
@@ -158,6 +164,8 @@ async def test_sigterm_during_a_streaming_import_closes_1001_and_keeps_every_ack
     assert client.violations == []
     assert client.errors == []
     assert client.sent < limit, "the stream ended before the signal: nothing was tested"
+    assert client.draining.is_set(), "the server never said it drains"
+    assert last_ack == client.sent, "every frame sent before the client stopped is acked"
     missing = set(map(doc_id, range(last_ack))) - set(stored_ids)
     assert not missing, f"{len(missing)} acked frames are not in the topic"
     assert len(stored_ids) == len(set(stored_ids)), "duplicates in the topic"
