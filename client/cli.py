@@ -4,11 +4,12 @@
 one. The heavy imports (rdflib, rich) happen in `run_client`, so ``quiesce serve`` does not
 pay for them.
 
-Exit codes (both commands): 0 done; 1 something was rejected or never receipted (import) or
-the gateway broke the protocol; 2 a usage error (bad arguments, unreadable input, RDF that
-``--wire tg1`` cannot carry); 3 the gateway refused the connection (401, 404, 400), could not
-be reached, closed with a code that forbids retrying, or stayed away longer than
-``--retry-for``; 130 stopped by Ctrl-C (import, or export with ``--until-end``).
+Exit codes (both commands): 0 done; 1 something was rejected or never receipted (import),
+a message could not be written as asked (export), or the gateway broke the protocol; 2 a
+usage error (bad arguments, unreadable input, RDF that ``--wire tg1`` cannot carry); 3 the
+gateway refused the connection (401, 404, 400), could not be reached, closed with a code
+that forbids retrying, or stayed away longer than ``--retry-for``; 130 stopped by Ctrl-C
+(import, or export with ``--until-end``).
 """
 
 from __future__ import annotations
@@ -67,9 +68,13 @@ delivery:
   kind and output file, so running the same command again resumes it, appending to the
   output. Ctrl-C stops cleanly: what was written is acked, nothing else.
 
+  A message that cannot be written as asked (the gateway could not convert it, or the
+  format cannot hold it) goes with its reason to FILE.invalid.jsonl, and is acked.
+
 exit codes:
-  0 done; 1 the gateway broke the protocol; 2 usage; 3 refused (401, 404), unreachable, or
-  gave up reconnecting; 130 a --until-end dump interrupted (rerun to resume).
+  0 done; 1 messages went to FILE.invalid.jsonl, or the gateway broke the protocol; 2 usage;
+  3 refused (401, 404), unreachable, or gave up reconnecting; 130 a --until-end dump
+  interrupted (rerun to resume).
 """
 
 

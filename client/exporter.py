@@ -34,7 +34,6 @@ from quiesce.client.errors import ClientError, Unreachable
 from quiesce.client.importer import EXIT_CONNECTION, EXIT_DATA, EXIT_INTERRUPTED, EXIT_OK
 from quiesce.client.progress import Progress
 from quiesce.client.writers import Writer
-from quiesce.core.errors import InvalidMessage
 
 __all__ = ["ExportOptions", "ExportReport", "Exporter", "default_subscription"]
 
@@ -103,6 +102,9 @@ class ExportReport:
         connections: connections opened.
         ended: the gateway said ``{"end": true}`` (``--until-end``).
         graphs_dropped: triples written without their named graph (nt, ttl).
+        invalid: messages written to the side file instead (the gateway could not convert
+            them, or the format cannot hold them).
+        invalid_path: that side file.
         elapsed: seconds the run took.
         interrupted: stopped by Ctrl-C.
         failure: the error that ended the run early, if any.
@@ -116,6 +118,8 @@ class ExportReport:
     connections: int
     ended: bool
     graphs_dropped: int
+    invalid: int
+    invalid_path: str
     elapsed: float
     interrupted: bool
     failure: ClientError | None
@@ -123,13 +127,13 @@ class ExportReport:
 
     @property
     def exit_code(self) -> int:
-        """3 for a refused or lost connection (or a message the format cannot hold), 130 for
-        Ctrl-C during a dump, 1 if the gateway broke the protocol, else 0."""
+        """3 for a refused or lost connection, 130 for Ctrl-C during a dump, 1 if messages
+        went to the side file or the gateway broke the protocol, else 0."""
         if self.failure is not None:
             return EXIT_CONNECTION
         if self.interrupted and self.options.until_end:
             return EXIT_INTERRUPTED
-        return EXIT_DATA if self.violations else EXIT_OK
+        return EXIT_DATA if self.violations or self.invalid else EXIT_OK
 
     def lines(self) -> list[str]:
         """The summary, one line each."""
@@ -143,6 +147,10 @@ class ExportReport:
             f"({self.elapsed:.1f}s, {rate:,.0f} messages/s, "
             f"{max(0, self.connections - 1)} reconnects)"
         ]
+        if self.invalid:
+            out.append(f"warning: {plural(self.invalid, 'message')} could not be written as "
+                       f"asked (the gateway could not convert them, or the format cannot hold "
+                       f"them): written with the reason to {self.invalid_path}")
         if self.graphs_dropped:
             out.append(f"warning: {self.graphs_dropped} triples were in named graphs, written "
                        "without them (--format nq keeps them)")
@@ -223,6 +231,7 @@ class Exporter:
         end = self._ended_at if self._ended_at is not None else trio.current_time()
         return ExportReport(self.options, self.written, self.items, self.acked_total,
                             self.connections, self.ended, self.writer.graphs_dropped,
+                            self.writer.invalid, str(self.writer.invalid_path),
                             end - self._started, self._interrupted, self._failure,
                             self.violations)
 
@@ -282,11 +291,7 @@ class Exporter:
                 if raw is None:  # idle, or stopped by the user
                     await self._commit(ws)
                     continue
-                try:
-                    self._on_frame(raw)
-                except ClientError:
-                    await _close_discarding(ws)
-                    raise
+                self._on_frame(raw)
                 if self._seq_written - self._seq_acked >= self.ack_every:
                     await self._commit(ws)
             # Stopped by the user: what was written is acked, the rest is the gateway's to
@@ -311,12 +316,8 @@ class Exporter:
             seq = frame["seq"]
             if not isinstance(seq, int) or seq != self._seq_written + 1:
                 self.violations.append(f"frame seq {seq!r} after {self._seq_written}")
-            try:
-                self.items += self.writer.write(frame["message"])
-            except InvalidMessage as exc:
-                raise ClientError(f"message {self.written + 1} (seq {seq}) cannot be written "
-                                  f"as {self.options.out}: {exc}; export as --format jsonl"
-                                  ) from None
+            self.items += self.writer.write(frame["message"], seq if isinstance(seq, int)
+                                            else None)
             self.written += 1
             self._seq_written = seq
         elif frame.get("end") is True:

@@ -10,7 +10,8 @@ Turtle cannot be appended to line by line: the Turtle writer keeps what it recei
 spool of N-Quads beside the output (``OUT.quiesce-spool.nq``, committed like the others) and
 serialises the whole graph, with the earlier output's triples, when the export ends. Named
 graphs have no place in N-Triples or Turtle: those triples are written without their graph and
-counted (`Writer.graphs_dropped`); N-Quads keeps them.
+counted (`Writer.graphs_dropped`); N-Quads keeps them. What cannot be written at all goes
+to a side file with its reason (`Writer`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rdflib import Graph
 
 from quiesce.client import rdf
 from quiesce.client.errors import UsageError
+from quiesce.core.errors import InvalidMessage
 
 __all__ = ["FORMATS", "Writer", "open_writer"]
 
@@ -32,10 +34,14 @@ __all__ = ["FORMATS", "Writer", "open_writer"]
 FORMATS = ("jsonl", "nt", "nq", "ttl")
 # Appended to a Turtle output's name to name its spool.
 SPOOL_SUFFIX = ".quiesce-spool.nq"
+# Appended to an output's name to name the side file of messages it cannot hold; the side
+# file of an export to standard output, in the working folder.
+INVALID_SUFFIX = ".invalid.jsonl"
+STDOUT_INVALID = "quiesce-export.invalid.jsonl"
 
 
-class Writer(Protocol):
-    """An export's output."""
+class _Format(Protocol):
+    """One output format."""
 
     graphs_dropped: int
 
@@ -43,7 +49,7 @@ class Writer(Protocol):
         """Write one exported message; returns how many items it held (triples, or 1).
 
         Raises:
-            InvalidMessage: the message cannot be written in this format.
+            InvalidMessage: the message cannot be written in this format (nothing written).
         """
 
     def commit(self) -> None:
@@ -167,6 +173,67 @@ class _Turtle:
         self._spool_path.unlink()
 
 
+class Writer:
+    """An export's output: the chosen format, and a side file for what it cannot hold.
+
+    A message the gateway could not convert arrives as ``{"error": {"code":
+    "invalid-payload", ...}}`` (its bytes inside); a message the chosen RDF format cannot hold
+    (a quoted triple) raises in the format. Neither is lost nor stops the export: each goes,
+    with its reason, to ``OUT.invalid.jsonl`` (``quiesce-export.invalid.jsonl`` when writing to
+    standard output), committed with the rest, so it may be acked like any other.
+
+    Attributes:
+        invalid: messages written to the side file.
+        invalid_path: the side file.
+    """
+
+    def __init__(self, fmt: str, out: _Format, invalid_path: Path) -> None:
+        self.fmt = fmt
+        self._out = out
+        self.invalid = 0
+        self.invalid_path = invalid_path
+        self._side: _Appender | None = None
+
+    @property
+    def graphs_dropped(self) -> int:
+        """Triples written without their named graph (N-Triples, Turtle)."""
+        return self._out.graphs_dropped
+
+    def write(self, message: Any, seq: int | None = None) -> int:
+        """Write one exported message; returns the items written (0 if it went aside)."""
+        error = message.get("error") if isinstance(message, dict) else None
+        if isinstance(error, dict) and len(message) == 1:
+            self._aside({"seq": seq, **error})
+            return 0
+        if not isinstance(message, dict):
+            self._aside({"seq": seq, "detail": "not a JSON object", "message": message})
+            return 0
+        try:
+            return self._out.write(message)
+        except InvalidMessage as exc:
+            self._aside({"seq": seq, "detail": f"cannot be written as {self.fmt}: {exc}",
+                         "message": message})
+            return 0
+
+    def _aside(self, record: dict[str, Any]) -> None:
+        if self._side is None:
+            self._side = _Appender(self.invalid_path)
+        self._side.append(orjson.dumps(record) + b"\n")
+        self.invalid += 1
+
+    def commit(self) -> None:
+        """Make everything written so far, in both files, durable."""
+        self._out.commit()
+        if self._side is not None:
+            self._side.commit()
+
+    def close(self) -> None:
+        """Commit and finish both files."""
+        self._out.close()
+        if self._side is not None:
+            self._side.close()
+
+
 def open_writer(fmt: str, path: Path | None, kind: str) -> Writer:
     """The writer of ``fmt`` appending to ``path`` (standard output when None).
 
@@ -176,12 +243,14 @@ def open_writer(fmt: str, path: Path | None, kind: str) -> Writer:
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    invalid = (path.with_name(path.name + INVALID_SUFFIX) if path is not None
+               else Path(STDOUT_INVALID))
     if fmt == "jsonl":
-        return _Jsonl(path)
+        return Writer(fmt, _Jsonl(path), invalid)
     if kind != "triples":
         raise UsageError(f"--format {fmt} writes triples; export {kind} as --format jsonl")
     if fmt == "ttl":
         if path is None:
             raise UsageError("--format ttl needs --out FILE (it is written when the export ends)")
-        return _Turtle(path)
-    return _RdfLines(path, with_graphs=fmt == "nq")
+        return Writer(fmt, _Turtle(path), invalid)
+    return Writer(fmt, _RdfLines(path, with_graphs=fmt == "nq"), invalid)

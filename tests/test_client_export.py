@@ -28,6 +28,7 @@ from tests.harness import (
     command_process,
     export_flow,
     import_files,
+    publish,
     publish_messages,
     start_gateway,
     topic_of,
@@ -162,6 +163,28 @@ async def test_named_graphs_of_trig_come_back_in_n_quads_through_tg2(
         assert len(got) == len(want) > 0, name
         assert isomorphic(got, want), name
     gateway.request_shutdown()
+
+
+async def test_a_payload_the_gateway_cannot_convert_goes_aside_and_the_dump_completes(
+    gateway: Supervisor, pulsar_client: pulsar.Client, flow: str, tmp_path: Path
+) -> None:
+    """A garbage payload among 20 messages lands in OUT.invalid.jsonl; the 20 in OUT; exit 1."""
+    topic = topic_of("triples", flow)
+    messages = sample_messages("triples", 20)
+    await publish_messages(pulsar_client, topic, messages[:10])
+    await trio.to_thread.run_sync(publish, pulsar_client, topic, [b"this is not a payload"])
+    await publish_messages(pulsar_client, topic, messages[10:])
+    out = tmp_path / "dump.jsonl"
+    report = await export_flow(gateway, flow, out)
+    assert report.ended, report.lines()
+    assert (report.written, report.acked, report.invalid) == (21, 21, 1)
+    assert report.exit_code == 1
+    assert count_lines(out) == collections.Counter(id_of(m) for m in messages)
+    (aside,) = [json.loads(line) for line in
+                (tmp_path / "dump.jsonl.invalid.jsonl").read_text().splitlines()]
+    assert aside["code"] == "invalid-payload" and aside["payload"] == "this is not a payload"
+    assert aside["seq"] == 11
+    assert any("could not be written as asked" in line for line in report.lines())
 
 
 # ---------------------------------------------------------------- crashes and Ctrl-C

@@ -423,3 +423,29 @@ def test_every_rdf_format_reads_every_quad_rdflib_reads(
                 got.add((s, p, o))
         want = expected.default_graph if name is None else expected.graph(name)
         assert isomorphic(got, want), (suffix, name)
+
+
+def test_what_cannot_be_written_goes_aside_with_its_reason_and_is_counted(
+    tmp_path: Path
+) -> None:
+    """An invalid-payload frame and a quoted triple go to OUT.invalid.jsonl, not into OUT."""
+    path = tmp_path / "out.nt"
+    writer = open_writer("nt", path, "triples")
+    good = {"triples": [{"s": {"t": "i", "i": "http://e/a"}, "p": {"t": "i", "i": "http://e/p"},
+                         "o": {"t": "l", "v": "x"}}]}
+    quoted = {"triples": [{"s": {"t": "t", "tr": good["triples"][0]},
+                           "p": {"t": "i", "i": "http://e/says"}, "o": {"t": "l", "v": "y"}}]}
+    error = {"error": {"code": "invalid-payload", "detail": "not a tg1 triples payload",
+                       "message_id": "(1,2,-1,0)", "payload": "garbage"}}
+    assert [writer.write(m, seq) for seq, m in enumerate((good, error, quoted, good), 1)] == [
+        1, 0, 0, 1]
+    writer.close()
+    assert writer.invalid == 2
+    assert len(path.read_text().splitlines()) == 2
+    aside = [json.loads(line) for line in (tmp_path / "out.nt.invalid.jsonl").read_text()
+             .splitlines()]
+    assert aside[0] == {"seq": 2, **error["error"]}
+    assert aside[1]["seq"] == 3
+    assert aside[1]["detail"] == "cannot be written as nt: triples[0].s.t: cannot write a 't' " \
+        "term as RDF"
+    assert aside[1]["message"] == quoted
