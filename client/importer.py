@@ -365,7 +365,8 @@ class Importer:
                     raise fatal
                 if self.ledger.finished or stop.is_set():
                     return
-                why = _ws.describe_close(closed)
+                why = ("closed it for the gateway, which is draining" if self._draining
+                       else _ws.describe_close(closed))
             if self._completed() > settled_before:
                 backoff.reset()
             delay = backoff.delay(trio.current_time())

@@ -7,8 +7,10 @@ error frames and lost connections.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,6 +262,24 @@ def test_jsonl_messages_skip_blank_lines_keep_line_numbers_and_flag_bad_bytes(
     assert got == [(1, f"{path}:1", '{"a": 1}', False), (2, f"{path}:4", '{"b": 2}', False),
                    (3, f"{path}:5", "", True), (4, f"{path}:6", '{"c": 3}', False)]
     assert [i.index for i in source.items(3)] == [4]
+
+
+def test_standard_input_is_read_whole_as_json_lines_unless_format_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'-' reads standard input: JSON Lines by default, Turtle with --format turtle."""
+    class Stdin:
+        def __init__(self, data: bytes) -> None:
+            self.buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", Stdin(b'{"a": 1}\n\n{"b": 2}\n'))
+    source = open_source("-", 0, SourceOptions())
+    assert (source.name, source.path, source.total) == ("<stdin>", None, 2)
+    assert [(i.where, i.text) for i in source.items()] == [
+        ("<stdin>:1", '{"a": 1}'), ("<stdin>:3", '{"b": 2}')]
+    monkeypatch.setattr(sys, "stdin", Stdin(TURTLE.encode()))
+    source = open_source("-", 0, SourceOptions(fmt="turtle"))
+    assert (source.fmt, source.total) == ("turtle", 1)
 
 
 def test_rdf_becomes_the_same_messages_on_every_parse_with_all_terms_kept(
