@@ -157,6 +157,8 @@ class ConnectionActor:
         self.settings = services.settings
         self.metrics = services.metrics
         self.log_fields = {"conn": self.id, "flow": self.route.flow, "kind": self.route.kind}
+        if ws.credential is not None:
+            self.log_fields["token"] = ws.credential  # a token's name, never the token
         self.deadlines = Deadlines()
         # Cancelled to stop taking frames/messages: the first step of every drain.
         self.intake_scope = trio.CancelScope()

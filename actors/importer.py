@@ -39,7 +39,7 @@ from quiesce.actors.publisher import Publisher
 from quiesce.core.convert import convert_frame, dumps
 from quiesce.core.errors import BrokerError, InvalidMessage
 from quiesce.core.protocol import ErrorCode, ack_frame, draining_frame, error_frame
-from quiesce.core.wire import parse
+from quiesce.core.wire import loads_strict
 from quiesce.machines.receipts import ReceiptLedger
 from quiesce.machines.worker import WorkerMachine
 
@@ -147,7 +147,7 @@ class ImportWorker:
             seq = ledger.receive()
             if type(frame) is str:
                 try:
-                    payload = dumps(convert_frame(kind, parse(frame), profile,
+                    payload = dumps(convert_frame(kind, loads_strict(frame), profile,
                                                   workspace=workspace))
                 except InvalidMessage as exc:
                     self._reject(seq, exc.code, exc.detail)

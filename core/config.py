@@ -88,6 +88,7 @@ class Settings:
     data_dir: str = ".quiesce"
     shutdown_timeout: float = 30.0
     secret: str | None = field(default=None, repr=False)
+    tokens_file: str | None = None
     log_format: str = "text"
     log_level: str = "info"
     max_message_bytes: int = 50 * 1024 * 1024
@@ -249,6 +250,8 @@ _RULES: dict[str, _Rule] = {
     "data_dir": _NON_EMPTY,
     "shutdown_timeout": _float_rule(0, strict=True),
     "secret": _Rule(str, "a non-empty string", lambda v: v != "", optional=True),
+    # Scoped tokens (core/tokens.py), read at start-up and on SIGHUP.
+    "tokens_file": _Rule(str, "a non-empty string (a path)", lambda v: v != "", optional=True),
     "log_format": _choice_rule(LOG_FORMATS),
     "log_level": _choice_rule(LOG_LEVELS),
     "max_message_bytes": _int_rule(1024),

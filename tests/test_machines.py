@@ -419,7 +419,10 @@ def test_the_window_bounds_what_is_written_and_acks_release_it() -> None:
     [
         ("nope", r"^not JSON: "),
         ("[" * 5000, r"^frame of 5000 bytes"),
-        ("[" * 1000, r"^not JSON: "),
+        ("[" * 1000, r"^nested deeper than 254 levels$"),
+        ('{"ack": 1, "ack": 2}', r"^duplicate key 'ack'$"),
+        ('{"ack": NaN}', r"^ack: NaN is not JSON$"),
+        ('{"\\ud800": 1}', r"^lone surrogate \\ud800 in key '\\ud800'$"),
         ('{"ack": 1.5}', r"^ack must be an integer, got 1\.5$"),
         ('{"ack": 9}', r"^ack 9 is beyond the last seq sent \(2\)$"),
         ('{"seq": 1}', r'^expected \{"ack": N\}$'),
