@@ -213,6 +213,11 @@ class ConnectionActor:
         self.machine.failed()
         self._stop_intake(reason)
 
+    def report_stalled(self) -> None:
+        """An export client took nothing for export_stall_timeout: let it go (1008)."""
+        self.machine.stalled()
+        self._stop_intake("client stalled")
+
     def report_finished(self) -> None:
         """The worker's job is done (an until=end export delivered its backlog)."""
         self.machine.finished()

@@ -104,6 +104,7 @@ class Settings:
     default_backpressure: str = "block"
     nack_redelivery_delay_ms: int = 1000
     export_window: int = 1000
+    export_stall_timeout: float = 60.0
     socket_grace_period: float = 2.0
     import_drain_grace: float = 5.0
     max_consecutive_errors: int = 10
@@ -273,6 +274,7 @@ _RULES: dict[str, _Rule] = {
     "default_backpressure": _choice_rule(BACKPRESSURE),
     "nack_redelivery_delay_ms": _int_rule(0),
     "export_window": _int_rule(1),
+    "export_stall_timeout": _float_rule(0, strict=True),
     "socket_grace_period": _float_rule(0, strict=False),
     "import_drain_grace": _float_rule(0, strict=False),
     "max_consecutive_errors": _int_rule(1),

@@ -100,6 +100,7 @@ def test_a_worker_refuses_to_conclude_before_draining_and_to_drain_twice() -> No
         ("failed", CloseCode.INTERNAL),
         ("frame_too_big", CloseCode.TOO_BIG),
         ("finished", CloseCode.DONE),
+        ("stalled", CloseCode.POLICY),
         ("peer_lost", CloseCode.DONE),
     ],
 )
