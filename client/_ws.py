@@ -50,7 +50,7 @@ CLOSE_MEANINGS = {
     1003: "unsupported data",
     1006: "connection lost",
     1007: "invalid data",
-    1008: "policy violation (bad token?)",
+    1008: "policy violation",
     1009: "frame too big",
     1011: "forced or internal error",
     1012: "service restart",
@@ -170,6 +170,9 @@ def fatal_close(exc: ConnectionClosed, what: str) -> ClosedFatal | None:
     hint = ""
     if code == 1009:
         hint = ": a message is larger than the gateway's max_message_bytes"
+    elif code == 1008:
+        hint = (": a token no longer valid, or (export) a client that took nothing for the "
+                "gateway's export_stall_timeout (an output that blocked?)")
     return ClosedFatal(code, f"the gateway ended the {what} with {describe_close(exc)}{hint}")
 
 
