@@ -72,7 +72,13 @@ from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
 from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
-from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
+from quiesce.core.config import (
+    LoadedSettings,
+    Settings,
+    load_settings,
+    render_reference,
+    render_settings,
+)
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
 from quiesce.core.protocol import CloseCode, Direction
 from quiesce.core.tokens import TokenSet, load_tokens
@@ -410,6 +416,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     config = sub.add_parser("config", help="print the effective settings and their sources")
     _add_setting_flags(config)
+    config.add_argument("--reference", action="store_true",
+                        help="print the reference of every setting (Markdown) instead")
     diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
     diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
     add_client_commands(sub)
@@ -417,7 +425,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "reference")}
     return load_settings(flags, os.environ, getattr(args, "config", None))
 
 
@@ -475,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         return run_client(args)
+    if args.command == "config" and args.reference:
+        print(render_reference(), end="")
+        return EXIT_OK
     if args.command == "diagrams":
         try:
             for path in render_diagrams(Path(args.out)):

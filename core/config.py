@@ -285,7 +285,134 @@ _RULES: dict[str, _Rule] = {
     "broker_unready_after": _float_rule(0, strict=False),
 }
 
+# What each setting does: the reference in docs/operations.md is rendered from this
+# (`quiesce config --reference`), and a test keeps the two the same.
+SETTING_DOCS: dict[str, str] = {
+    "host": (
+        "listen address"
+    ),
+    "port": (
+        "listen port; 0 for any"
+    ),
+    "pulsar_url": (
+        "external broker; unset starts the embedded one"
+    ),
+    "data_dir": (
+        "embedded broker storage"
+    ),
+    "shutdown_timeout": (
+        "bound of the whole drain after SIGTERM/SIGINT, seconds"
+    ),
+    "secret": (
+        "token required by WebSockets and `/metrics`"
+    ),
+    "tokens_file": (
+        "TOML file of scoped tokens (see Auth); reloaded on SIGHUP"
+    ),
+    "log_format": (
+        "`text` or `json` (one object per line)"
+    ),
+    "log_level": (
+        "`debug`, `info`, `warning`, `error`"
+    ),
+    "max_message_bytes": (
+        "largest frame; a bigger one closes the socket with 1009"
+    ),
+    "profile": (
+        "TrustGraph generation: `tg1` (1.x) or `tg2` (2.x); fixes the Pulsar payload, the "
+        "default topics and the export format ([contract](contract.md#profiles-which-"
+        "trustgraph))"
+    ),
+    "topic_template": (
+        "topic of (flow, kind) with `{kind}`, `{interface}`, `{flow}`, `{workspace}`; unset: "
+        "TrustGraph's own topics for the profile (`persistent://tg/flow/triples-store:{flow}`…)"
+    ),
+    "publisher_max_queue_size": (
+        "frames in flight (unconfirmed) per import connection; past it the gateway stops "
+        "reading the socket"
+    ),
+    "publisher_drain_timeout": (
+        "how long an import connection waits for broker confirmations when it ends"
+    ),
+    "producer_flush_timeout": (
+        "bound on closing (flushing) a producer"
+    ),
+    "producer_batching": (
+        "batch messages in the producer; confirmations stay per message"
+    ),
+    "producer_batch_delay_ms": (
+        "longest a frame waits for its batch (Pulsar's default); receipts come up to this much "
+        "later"
+    ),
+    "subscriber_max_queue_size": (
+        "messages taken from Pulsar and not yet written, per export connection"
+    ),
+    "subscriber_drain_timeout": (
+        "how long a server drain waits for an `ack=client` export to ack"
+    ),
+    "default_backpressure": (
+        "`block`, `drop_oldest` or `drop_new`, when `backpressure=` is not given"
+    ),
+    "nack_redelivery_delay_ms": (
+        "delay before a nacked message comes again"
+    ),
+    "export_window": (
+        "default `window=` for `ack=client`"
+    ),
+    "export_stall_timeout": (
+        "an export whose client took nothing for this long (no socket write went through; with "
+        "`ack=client` and frames in flight, no ack came) is closed with 1008 and what it held "
+        "is nacked"
+    ),
+    "socket_grace_period": (
+        "time allowed for the close handshake; then the TCP connection is dropped"
+    ),
+    "import_drain_grace": (
+        "on SIGTERM, how long an import whose client is still sending keeps taking frames (it "
+        "stops as soon as the client closes or is quiet for 0.5 s)"
+    ),
+    "max_consecutive_errors": (
+        "consecutive broker refusals after which an import connection closes with 1011"
+    ),
+    "metrics_enabled": (
+        "serve `/metrics`"
+    ),
+    "queue_stats_on_shutdown": (
+        "log connection and queue counts when the process stops"
+    ),
+    "broker_metrics_port": (
+        "embedded broker's own metrics on loopback; 0 disables them"
+    ),
+    "broker_probe_interval": (
+        "how often the gateway asks the broker a question (a lookup), seconds"
+    ),
+    "broker_unready_after": (
+        "`/readyz` answers 503 once the broker has not answered for this long"
+    ),
+}
+
+
 _INVALID = object()
+
+
+def render_reference() -> str:
+    """The settings reference as a Markdown table: setting, default, meaning.
+
+    ``docs/operations.md`` holds this table between ``<!-- settings:begin -->`` and
+    ``<!-- settings:end -->``; ``quiesce config --reference`` prints it.
+    """
+    defaults = Settings()
+    lines = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name in _RULES:
+        value = getattr(defaults, name)
+        if value is None:
+            shown = "unset"
+        elif isinstance(value, bool):
+            shown = f"`{str(value).lower()}`"
+        else:
+            shown = f"`{value}`"
+        lines.append(f"| `{name}` | {shown} | {SETTING_DOCS[name]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _flag_name(name: str) -> str:

@@ -81,3 +81,13 @@ def test_the_cli_reference_names_every_option_of_import_and_export() -> None:
         help_text = command.format_help()
         if name == "export":
             assert "whole graph is serialised when the export ends" in help_text
+
+
+def test_the_settings_reference_in_operations_is_what_the_settings_model_renders() -> None:
+    """docs/operations.md's settings table is `quiesce config --reference`, so it cannot drift."""
+    from quiesce.core.config import render_reference
+
+    text = (DOCS / "operations.md").read_text()
+    begin = text.index("<!-- settings:begin")
+    table = text[text.index("\n", begin) + 1:text.index("<!-- settings:end -->")]
+    assert table == render_reference()
