@@ -7,6 +7,8 @@ Commands::
                   [--log-format text|json] [--log-level L]
     quiesce config [same flags]     print the effective settings and where each came from
     quiesce diagrams [--out DIR]    render every lifecycle to SVG and Mermaid
+    quiesce import --url ws://HOST:PORT … FILE…   load JSON Lines or RDF (quiesce.client)
+    quiesce export --url ws://HOST:PORT …         dump or follow a flow (quiesce.client)
 
 The supervisor tree (see docs/architecture.md)::
 
@@ -69,6 +71,7 @@ from quiesce.actors.importer import ImportWorker
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
+from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
 from quiesce.core.config import (
     LoadedSettings,
     Settings,
@@ -417,6 +420,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the reference of every setting (Markdown) instead")
     diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
     diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
+    add_client_commands(sub)
     return parser
 
 
@@ -478,6 +482,8 @@ def render_diagrams(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quiesce`` command. Returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
     if args.command == "config" and args.reference:
         print(render_reference(), end="")
         return EXIT_OK

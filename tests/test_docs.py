@@ -67,6 +67,22 @@ async def test_every_metric_in_the_alert_rules_is_exported(
         assert {name, name.removesuffix("_total")} & families, f"{name} is not exported"
 
 
+def test_the_cli_reference_names_every_option_of_import_and_export() -> None:
+    """docs/cli.md documents every flag `quiesce import` and `quiesce export` accept."""
+    from quiesce.supervisor import _parser
+
+    page = (DOCS / "cli.md").read_text()
+    subparsers = next(a for a in _parser()._actions if a.dest == "command")
+    for name in ("import", "export"):
+        command = subparsers.choices[name]  # type: ignore[attr-defined]
+        flags = {f for a in command._actions for f in a.option_strings if f.startswith("--")}
+        missing = sorted(f for f in flags - {"--help"} if f"`{f}" not in page)
+        assert not missing, f"docs/cli.md does not name {name} {missing}"
+        help_text = command.format_help()
+        if name == "export":
+            assert "whole graph is serialised when the export ends" in help_text
+
+
 def test_the_settings_reference_in_operations_is_what_the_settings_model_renders() -> None:
     """docs/operations.md's settings table is `quiesce config --reference`, so it cannot drift."""
     from quiesce.core.config import render_reference
