@@ -67,6 +67,38 @@ async def test_every_metric_in_the_alert_rules_is_exported(
         assert {name, name.removesuffix("_total")} & families, f"{name} is not exported"
 
 
+def dashboard_metric_names(dashboard: dict[str, object]) -> set[str]:
+    """Metric names used in the ``expr`` of every panel target of a Grafana dashboard."""
+    names: set[str] = set()
+    for panel in dashboard["panels"]:  # type: ignore[attr-defined]
+        for target in panel["targets"]:
+            for word in re.findall(r"\b[a-z][a-z0-9_]*\b", target["expr"]):
+                if "_" in word and word not in PROMQL_WORDS | {"histogram_quantile"}:
+                    names.add(word.removesuffix("_bucket").removesuffix("_count")
+                              .removesuffix("_sum"))
+    return names
+
+
+async def test_every_metric_the_grafana_dashboard_queries_is_exported(
+    nursery: trio.Nursery, gateway: Supervisor
+) -> None:
+    """Each metric docs/grafana-dashboard.json queries is a family the gateway exposes."""
+    import json
+
+    names = dashboard_metric_names(json.loads((DOCS / "grafana-dashboard.json").read_text()))
+    assert len(names) >= 12, names
+    stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
+    with trio.fail_after(10):
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = b""
+        while chunk := await stream.receive_some():
+            body += chunk
+    await stream.aclose()
+    families = set(re.findall(r"^# TYPE (\S+) ", body.decode(), re.M))
+    missing = [n for n in names if not {n, n.removesuffix("_total")} & families]
+    assert missing == [], f"queried but not exported: {missing}"
+
+
 def test_the_cli_reference_names_every_option_of_import_and_export() -> None:
     """docs/cli.md documents every flag `quiesce import` and `quiesce export` accept."""
     from quiesce.supervisor import _parser
