@@ -8,6 +8,7 @@ from pathlib import Path
 import trio
 
 from quiesce.supervisor import Supervisor, render_diagrams
+from tests.harness import http_get
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # PromQL words that look like metric names in an expression but are not.
@@ -46,22 +47,20 @@ def alert_metric_names(text: str) -> set[str]:
     return names
 
 
+async def exported_families(port: int) -> set[str]:
+    """The metric families a gateway's /metrics declares (its ``# TYPE`` lines)."""
+    status, text = await http_get(port, "/metrics")
+    assert status == 200
+    return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+
+
 async def test_every_metric_in_the_alert_rules_is_exported(
     nursery: trio.Nursery, gateway: Supervisor
 ) -> None:
     """Each metric docs/alerts.yml names is a metric family the gateway exposes on /metrics."""
     names = alert_metric_names((DOCS / "alerts.yml").read_text())
     assert len(names) >= 6, names
-    stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
-    with trio.fail_after(10):
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        body = b""
-        while chunk := await stream.receive_some():
-            body += chunk
-    await stream.aclose()
-    text = body.decode()
-    assert text.startswith("HTTP/1.1 200")
-    families = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    families = await exported_families(gateway.port)
     for name in names:
         # prometheus-client names a counter's family with or without _total by version.
         assert {name, name.removesuffix("_total")} & families, f"{name} is not exported"
@@ -87,14 +86,7 @@ async def test_every_metric_the_grafana_dashboard_queries_is_exported(
 
     names = dashboard_metric_names(json.loads((DOCS / "grafana-dashboard.json").read_text()))
     assert len(names) >= 12, names
-    stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
-    with trio.fail_after(10):
-        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        body = b""
-        while chunk := await stream.receive_some():
-            body += chunk
-    await stream.aclose()
-    families = set(re.findall(r"^# TYPE (\S+) ", body.decode(), re.M))
+    families = await exported_families(gateway.port)
     missing = [n for n in names if not {n, n.removesuffix("_total")} & families]
     assert missing == [], f"queried but not exported: {missing}"
 
