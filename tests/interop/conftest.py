@@ -38,6 +38,8 @@ import pulsar
 import pytest
 import trio
 
+from quiesce.core import convert
+from quiesce.core.profiles import Profile
 from tests.harness import GatewayProcess, read_topic_counted, to_payload, topic_of
 from tests.interop.envs import TgEnv, ensure_env
 
@@ -432,9 +434,6 @@ async def persisted(client: pulsar.Client, flow: str, kind: str, profile: str = 
                     expected: int = 0) -> list[dict[str, Any]]:
     """Every message in the topic of (flow, kind), as the profile's wire format (what the
     gateway exports; ``tests.harness.from_payload``), one per message id."""
-    from quiesce.core import convert
-    from quiesce.core.profiles import Profile
-
     return [convert.from_pulsar(kind, p, Profile(profile))
             for p in await stored(client, flow, kind, profile, expected)]
 
