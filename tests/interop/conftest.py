@@ -9,26 +9,27 @@ What the fixtures give:
 
 - ``tg_env(version)``: the venv of a TrustGraph version (built or reused), its build time,
   cache state and size recorded for the end-of-run summary;
-- ``gateway``: a real ``python -m quiesce.supervisor serve`` *process* on the session broker,
-  on a free port, ready once it logged ``ready on http://127.0.0.1:PORT``; shared by the
-  session (every test uses flows of its own), with its ``/metrics`` readable for the counts
-  of frames it rejected;
-- helpers to run a tool with a bounded timeout, read what reached a topic, and publish probes.
+- ``gateway`` and ``gateway_tg2``: real ``python -m quiesce.supervisor serve`` *processes* on
+  the session broker, one per profile (``QUIESCE_PROFILE=tg1``, the default, and ``tg2``), on
+  free ports, ready once they logged ``ready on http://127.0.0.1:PORT``; shared by the session
+  (every test uses flows of its own). Their JSON log is what tests synchronise on (an export
+  connection is subscribed once it logs ``opening -> running``) and where they read each
+  import connection's summary (frames received, persisted, rejected); their ``/metrics``
+  counts rejected frames;
+- helpers to run a tool with a bounded timeout, read what reached a topic (TrustGraph's own
+  topic names, payloads in TrustGraph's schema encoding of the profile), and publish to one.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,29 +38,26 @@ import pulsar
 import pytest
 import trio
 
-from quiesce.core.config import Settings
-from tests.harness import read_topic
+from quiesce.core import convert
+from quiesce.core.profiles import Profile
+from tests.harness import GatewayProcess, read_topic_counted, to_payload, topic_of
 from tests.interop.envs import TgEnv, ensure_env
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "tg_driver.py"
-# Bounds: gateway start and stop, one tool run.
+SCHEMA_DRIVER = HERE / "tg_schema_driver.py"
+# Bounds: gateway start and stop, one tool run, an exporter's whole run.
 GATEWAY_START_TIMEOUT = 30.0
 GATEWAY_STOP_TIMEOUT = 40.0
 TOOL_TIMEOUT = 120.0
-# Probes (metadata id PROBE) find out when an exporter's subscription exists; END marks the
-# end of what a test published. A probe not reported within PROBE_WAIT is taken as published
-# before the subscription existed.
-PROBE = "quiesce-probe"
-END = "quiesce-end"
-PROBE_WAIT = 5.0
-PROBE_TRIES = 8
 EXPORT_TIMEOUT = 60.0
+# END marks the end of what a test published straight to a topic (after a tool's frames).
+END = "quiesce-end"
 # How long a read of a topic must find nothing for the topic to count as empty.
 EMPTY_PROOF_MS = 2000
 
 _ENV_REPORT: dict[str, TgEnv] = {}
-_COUNTS: dict[str, dict[str, int]] = {}
+_COUNTS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
@@ -71,12 +69,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Report, per TrustGraph version used, its packages, build time, cache state and size."""
+    """Report each test's counts, and per TrustGraph version its build, cache state, size."""
     if _COUNTS:
         terminalreporter.section("interop counts")
         for nodeid, counts in _COUNTS.items():
             shown = ", ".join(f"{k}={v}" for k, v in counts.items())
             terminalreporter.write_line(f"{nodeid.rsplit('/', 1)[-1]}: {shown}")
+    if SHORT_READS:
+        terminalreporter.section("topic reads made again")
+        for name, first, again in SHORT_READS:
+            terminalreporter.write_line(f"{name}: {first} read, then {again}")
     if not _ENV_REPORT:
         return
     terminalreporter.section("TrustGraph environments")
@@ -105,21 +107,32 @@ Counts = Callable[..., None]
 
 @pytest.fixture
 def counts(request: pytest.FixtureRequest) -> Counts:
-    """``counts(sent=…, persisted=…, …)``: record this test's counts for the summary."""
+    """``counts(sent=…, persisted=…, …)``: print this test's counts and record them for the
+    end-of-run summary."""
 
-    def record(**values: int) -> None:
+    def record(**values: Any) -> None:
         _COUNTS.setdefault(request.node.nodeid, {}).update(values)
+        print(f"\n{request.node.name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
     return record
 
 
-@dataclass
-class GatewayProcess:
-    """A running ``quiesce serve`` process and what it logged."""
+# --------------------------------------------------------------------------------------------
+# Gateways
+# --------------------------------------------------------------------------------------------
 
-    process: subprocess.Popen[str]
-    port: int
-    lines: list[str] = field(default_factory=list)
+
+@dataclass
+class Gateway:
+    """A running ``quiesce serve`` process of one profile, and what it logged (JSON lines)."""
+
+    process: GatewayProcess
+    profile: str
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return self.process.port
 
     @property
     def http_url(self) -> str:
@@ -145,45 +158,107 @@ class GatewayProcess:
                 total += float(match.group(2))
         return total
 
+    def mark(self) -> int:
+        """The index of the next log line (wait for what is logged after an action)."""
+        return len(self.process.lines)
+
+    def records(self, start: int = 0) -> list[dict[str, Any]]:
+        """The JSON log records from line ``start`` on (other output skipped)."""
+        out = []
+        for line in self.process.lines[start:]:
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    async def export_running(self, flow: str, kind: str, start: int = 0) -> None:
+        """Wait until an export connection of (flow, kind) runs: its subscription exists.
+
+        Exporters connect without a subscription name, so they get only what is published
+        after their subscription exists; the connection enters ``running`` once it does.
+        """
+        pattern = (rf'^(?=.*"machine": "connection")(?=.*"direction": "export")'
+                   rf'(?=.*"flow": "{re.escape(flow)}")(?=.*"kind": "{re.escape(kind)}")'
+                   rf'(?=.*"target": "running")')
+        with trio.fail_after(EXPORT_TIMEOUT):
+            await self.process.wait_line_async(pattern, start)
+
+    async def import_closed(self, flow: str, kind: str, connections: int = 1
+                            ) -> dict[str, int]:
+        """Wait until ``connections`` import connections of (flow, kind) have logged their
+        summary; return the totals (`import_totals`)."""
+        pattern = (rf'^(?=.*"message": "import closed)(?=.*"flow": "{re.escape(flow)}")'
+                   rf'(?=.*"kind": "{re.escape(kind)}")')
+        start = 0
+        with trio.fail_after(EXPORT_TIMEOUT):
+            for _ in range(connections):
+                await self.process.wait_line_async(pattern, start)
+                start = next(i for i in range(start, len(self.process.lines))
+                             if re.search(pattern, self.process.lines[i])) + 1
+        return self.import_totals(flow, kind)
+
+    def import_summaries(self, flow: str, kind: str) -> list[dict[str, Any]]:
+        """The ``import closed`` records of (flow, kind): frames received, persisted and
+        rejected per connection."""
+        return [r for r in self.records() if r.get("message", "").startswith("import closed")
+                and r.get("flow") == flow and r.get("kind") == kind]
+
+    def import_totals(self, flow: str, kind: str) -> dict[str, int]:
+        """Frames received, persisted and rejected over every import connection of (flow,
+        kind) that has closed."""
+        summaries = self.import_summaries(flow, kind)
+        return {key: sum(int(s[key]) for s in summaries)
+                for key in ("received", "persisted", "rejected")}
+
+    def rejections(self, flow: str, kind: str) -> list[str]:
+        """The rejection details the gateway logged for (flow, kind) (rate-limited: the first
+        of each connection at least)."""
+        return [r["message"] for r in self.records() if "rejected (" in r.get("message", "")
+                and r.get("flow") == flow and r.get("kind") == kind]
+
+
+def start_gateway_process(broker_url: str, data: Path, profile: str,
+                          env: dict[str, str] | None = None) -> Gateway:
+    """Start a gateway process of ``profile`` (``QUIESCE_PROFILE``) and wait until ready."""
+    process = GatewayProcess.start(
+        "--log-format", "json", pulsar_url=broker_url, data_dir=data,
+        env={"QUIESCE_PROFILE": profile, **(env or {})})
+    try:
+        process.wait_ready(GATEWAY_START_TIMEOUT)
+    except BaseException:
+        process.stop(0)
+        raise
+    return Gateway(process, profile)
+
+
+def stop_gateway_process(gateway: Gateway) -> int | None:
+    """SIGTERM ``gateway`` and return its exit code (None: it had to be killed)."""
+    gateway.process.signal(signal.SIGTERM)
+    code = gateway.process.wait_exit(GATEWAY_STOP_TIMEOUT)
+    if code is None:
+        gateway.process.stop(0)
+    return code
+
 
 @pytest.fixture(scope="session")
-def gateway(broker_url: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
-    """A real gateway process on the session broker, on a free port, stopped with SIGTERM."""
-    data = tmp_path_factory.mktemp("gateway")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quiesce.supervisor", "serve", "--port", "0",
-         "--pulsar-url", broker_url, "--data-dir", str(data), "--log-format", "json"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-    port: list[int] = []
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            match = re.search(r"ready on http://127\.0\.0\.1:(\d+)", line)
-            if match and not port:
-                port.append(int(match.group(1)))
-                ready.set()
-        ready.set()  # the process ended: wake the waiter
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(GATEWAY_START_TIMEOUT) or not port:
-        process.kill()
-        raise RuntimeError("gateway did not get ready:\n" + "".join(lines[-30:]))
-    gw = GatewayProcess(process, port[0], lines)
+def gateway(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A tg1 gateway process on the session broker (the default profile, nothing set)."""
+    gw = start_gateway_process(broker_url, tmp_path_factory.mktemp("gateway"), "tg1")
     yield gw
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(GATEWAY_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    assert code == 0, "".join(lines[-30:])
+    code = stop_gateway_process(gw)
+    assert code == 0, gw.process.log()
+
+
+@pytest.fixture(scope="session")
+def gateway_tg2(broker_url: str, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Gateway]:
+    """A gateway process with ``QUIESCE_PROFILE=tg2`` on the session broker."""
+    gw = start_gateway_process(broker_url, tmp_path_factory.mktemp("gateway-tg2"), "tg2")
+    yield gw
+    code = stop_gateway_process(gw)
+    assert code == 0, gw.process.log()
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +274,7 @@ class ToolRun:
     returncode: int
     stdout: str
     stderr: str
+    seconds: float = 0.0
 
     def __str__(self) -> str:
         return (f"$ {' '.join(self.argv)}\n-> exit {self.returncode}\n"
@@ -217,28 +293,36 @@ def tool_env() -> dict[str, str]:
 async def run_tool(argv: list[str | Path], within: float = TOOL_TIMEOUT) -> ToolRun:
     """Run ``argv`` to completion (at most ``within`` s) and return its outcome."""
     args = [str(a) for a in argv]
+    started = trio.current_time()
     with trio.fail_after(within):
         result = await trio.run_process(args, capture_stdout=True, capture_stderr=True,
                                         check=False, env=tool_env(),
                                         stdin=subprocess.DEVNULL)
     return ToolRun(args, result.returncode, result.stdout.decode(errors="replace"),
-                   result.stderr.decode(errors="replace"))
+                   result.stderr.decode(errors="replace"), trio.current_time() - started)
 
 
 class LineReader:
-    """Collects a running process's stdout lines and lets a test wait for one that matches."""
+    """Collects a running process's output lines and lets a test wait for one that matches.
 
-    def __init__(self, process: trio.Process) -> None:
+    Attributes:
+        lines: the lines of ``stream`` so far (stdout unless told).
+        stderr: the reader of the process's stderr, when `start` was asked to capture it.
+    """
+
+    def __init__(self, process: trio.Process, stream: Any = None) -> None:
         self.process = process
+        self.stream = stream if stream is not None else process.stdout
         self.lines: list[str] = []
+        self.stderr: LineReader | None = None
         self._changed = trio.Event()
         self.closed = False
 
     async def pump(self) -> None:
-        """Read stdout until EOF (run in a nursery)."""
-        assert self.process.stdout is not None
+        """Read the stream until EOF (run in a nursery)."""
+        assert self.stream is not None
         buffer = b""
-        async for chunk in self.process.stdout:
+        async for chunk in self.stream:
             buffer += chunk
             *complete, buffer = buffer.split(b"\n")
             for line in complete:
@@ -261,19 +345,69 @@ class LineReader:
         return False
 
 
+async def start(nursery: trio.Nursery, argv: list[str | Path], capture_stderr: bool = False
+                ) -> tuple[trio.Process, LineReader]:
+    """Start ``argv`` in ``nursery`` with its stdout (and, if asked, stderr: ``.stderr`` of
+    the reader) collected line by line; otherwise pytest captures its stderr."""
+    process: trio.Process = await nursery.start(partial(
+        trio.run_process, [str(a) for a in argv], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if capture_stderr else None,
+        stdin=subprocess.DEVNULL, check=False, env=tool_env()))
+    reader = LineReader(process)
+    nursery.start_soon(reader.pump)
+    if capture_stderr:
+        reader.stderr = LineReader(process, process.stderr)
+        nursery.start_soon(reader.stderr.pump)
+    return process, reader
+
+
+async def start_exporter(nursery: trio.Nursery, env: TgEnv, gateway: Gateway, flow: str,
+                         kind: str, count: int) -> tuple[trio.Process, LineReader]:
+    """Start the bulk client's exporter of ``env`` (``tg_driver.py export``) for ``count``
+    items of (flow, kind); return once its subscription exists (the gateway says so)."""
+    mark = gateway.mark()
+    exporter = await start(nursery, [env.python, DRIVER, "export", kind, "--url",
+                                     gateway.http_url, "--flow", flow, "--count", str(count)])
+    await gateway.export_running(flow, kind, mark)
+    return exporter
+
+
+async def finished(process: trio.Process, within: float = EXPORT_TIMEOUT) -> int:
+    """Wait (at most ``within`` s) for ``process`` to exit; return its exit code."""
+    with trio.fail_after(within):
+        return await process.wait()
+
+
 # --------------------------------------------------------------------------------------------
 # Reading and writing topics
 # --------------------------------------------------------------------------------------------
 
 
-def topic(flow: str, kind: str) -> str:
-    """Where today's gateway publishes (flow, kind) (CONTRACT §5)."""
-    return Settings().topic_for(flow, kind)
+def topic(flow: str, kind: str, profile: str = "tg1") -> str:
+    """Where a gateway of ``profile`` publishes (flow, kind): TrustGraph's own topic
+    (``persistent://tg/flow/triples-store:FLOW``; tg2 with the workspace ``default``)."""
+    return topic_of(kind, flow, profile)
 
 
-def _read_or_empty(client: pulsar.Client, name: str) -> list[dict[str, Any]]:
+# Reads of a topic that came up short of what the test expected and were made again.
+SHORT_READS: list[tuple[str, int, int]] = []
+READ_TRIES = 3
+
+
+def _read_or_empty(client: pulsar.Client, name: str, expected: int) -> list[bytes]:
     try:
-        return read_topic(client, name)
+        best = read_topic_counted(client, name, expected).payloads
+        # pulsar-lite's dispatch to a reader sometimes stops short of the end while saying
+        # nothing more is available (seen once in ~40 reads of 300 batched messages: 299). A
+        # fresh reader then gets everything; a message that is not stored is never found.
+        tries = 1
+        while len(best) < expected and tries < READ_TRIES:
+            tries += 1
+            again = read_topic_counted(client, name, expected).payloads
+            SHORT_READS.append((name, len(best), len(again)))
+            if len(again) > len(best):
+                best = again
+        return best
     except pulsar.PulsarException:
         # pulsar-lite fails "more available?" (getLastMessageId) on a topic that never had a
         # message; it is empty only if a plain read finds nothing either.
@@ -287,83 +421,38 @@ def _read_or_empty(client: pulsar.Client, name: str) -> list[dict[str, Any]]:
         raise
 
 
-async def persisted(client: pulsar.Client, flow: str, kind: str) -> list[dict[str, Any]]:
-    """Every message in the topic of (flow, kind), de-duplicated by message id."""
-    return await trio.to_thread.run_sync(_read_or_empty, client, topic(flow, kind))
+async def stored(client: pulsar.Client, flow: str, kind: str, profile: str = "tg1",
+                 expected: int = 0) -> list[dict[str, Any]]:
+    """Every payload in the topic of (flow, kind), JSON-decoded as stored: TrustGraph's
+    schema encoding of ``profile`` (1.x ``JsonSchema`` records, 2.x dataclass dicts)."""
+    payloads = await trio.to_thread.run_sync(_read_or_empty, client,
+                                             topic(flow, kind, profile), expected)
+    return [json.loads(p) for p in payloads]
 
 
-async def publish(client: pulsar.Client, flow: str, kind: str, message: dict[str, Any]) -> None:
-    """Publish ``message`` straight to the topic of (flow, kind) (probes, end markers)."""
+async def persisted(client: pulsar.Client, flow: str, kind: str, profile: str = "tg1",
+                    expected: int = 0) -> list[dict[str, Any]]:
+    """Every message in the topic of (flow, kind), as the profile's wire format (what the
+    gateway exports; ``tests.harness.from_payload``), one per message id."""
+    return [convert.from_pulsar(kind, p, Profile(profile))
+            for p in await stored(client, flow, kind, profile, expected)]
+
+
+async def publish(client: pulsar.Client, flow: str, kind: str, message: dict[str, Any],
+                  profile: str = "tg1") -> None:
+    """Publish wire ``message`` to the topic of (flow, kind) as the profile's payload."""
+    name = topic(flow, kind, profile)
 
     def send() -> None:
-        producer = client.create_producer(topic(flow, kind))
+        producer = client.create_producer(name)
         try:
-            producer.send(json.dumps(message).encode())
+            producer.send(to_payload(name, message))
         finally:
             producer.close()
 
     await trio.to_thread.run_sync(send)
 
 
-async def start(nursery: trio.Nursery, argv: list[str | Path]) -> tuple[trio.Process, LineReader]:
-    """Start ``argv`` in ``nursery`` with its stdout collected line by line."""
-    process: trio.Process = await nursery.start(partial(
-        trio.run_process, [str(a) for a in argv], stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, check=False, env=tool_env()))  # stderr: pytest captures it
-    reader = LineReader(process)
-    nursery.start_soon(reader.pump)
-    return process, reader
-
-
-async def await_subscription(client: pulsar.Client, flow: str, kind: str,
-                             probe: dict[str, Any], reader: LineReader,
-                             seen: Callable[[list[str]], bool]) -> int:
-    """Publish ``probe`` to the topic of (flow, kind) until ``seen(lines)`` holds for the
-    exporter's output; return how many probes were published.
-
-    Exporters connect without a subscription name, so they get only what is published after
-    their subscription exists; no event says when that is, so this asks the exporter itself.
-    """
-    for tries in range(1, PROBE_TRIES + 1):
-        await publish(client, flow, kind, probe)
-        if await reader.wait_for(seen, PROBE_WAIT):
-            return tries
-        assert not reader.closed, "the exporter ended before any probe reached it"
-    raise AssertionError(f"no probe reached the exporter in {PROBE_TRIES} tries")
-
-
-# --------------------------------------------------------------------------------------------
-# Failing for the expected reason
-# --------------------------------------------------------------------------------------------
-
-
-class NeedsProfiles(AssertionError):
-    """The gateway refused TrustGraph 2.x traffic (what the ``tg2`` profile work must fix)."""
-
-
-class FramesRejected(NeedsProfiles):
-    """Frames of a 2.x client were answered with errors instead of being published."""
-
-
-class KindRefused(NeedsProfiles):
-    """The handshake of a 2.x-only kind (``rows``) was refused with HTTP 404."""
-
-
-def outside_trio_mode(test: Callable[..., Any]) -> Callable[..., None]:
-    """Run the async ``test`` with ``trio.run`` instead of pytest-trio.
-
-    pytest-trio runs a test inside a nursery, so whatever it raises reaches pytest wrapped in
-    an ExceptionGroup, and ``xfail(raises=…)`` cannot see the exception's type. Run this way,
-    the test's own exception reaches pytest as it is. Fixtures must then be synchronous.
-    """
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        trio.run(partial(test, *args, **kwargs))
-
-    return run
-
-
-def rejected(gateway: GatewayProcess, kind: str) -> float:
+def rejected(gateway: Gateway, kind: str) -> float:
     """Frames of ``kind`` the gateway has rejected as ``invalid-message`` so far."""
     return gateway.metric("messages_rejected_total", kind=kind, code="invalid-message")

@@ -7,11 +7,11 @@ registry, and calls it the way TrustGraph's own tools do.
     import KIND --url U --flow F --items FILE [--metadata JSON] [--workspace W]
         Calls ``bulk.import_<kind>`` with the items of FILE (JSON Lines); prints
         ``{"handed": N}`` once the client returns.
-    export KIND --url U --flow F --count N [--probe ID]
+    export KIND --url U --flow F --count N
         Iterates ``bulk.export_<kind>``, printing each item as one JSON line (a ``Triple``
-        as its fields) and flushing; items that are probes (metadata id, or for 1.x triples
-        the subject, equal to ID) are printed as ``{"probe": …}`` and not counted; returns
-        after N other items, which closes the client's socket.
+        as ``{"triple": its fields}``) and flushing; returns after N items, which closes the
+        client's socket. The caller starts it before publishing and waits until its
+        subscription exists (the gateway logs the connection running).
 
 Items of ``import triples`` are neutral: ``{"s": TERM, "p": TERM, "o": TERM, "g": str?}``
 with ``TERM = {"uri": str} | {"literal": str, "datatype": str?, "language": str?}``; the
@@ -91,13 +91,6 @@ def do_import(bulk, args):
     print(json.dumps({"handed": handed}), flush=True)
 
 
-def _is_probe(item, probe):
-    if dataclasses.is_dataclass(item):
-        return item.s == probe
-    metadata = item.get("metadata") if isinstance(item, dict) else None
-    return isinstance(metadata, dict) and metadata.get("id") == probe
-
-
 def do_export(bulk, args):
     method = getattr(bulk, "export_" + args.kind.replace("-", "_"))
     count = 0
@@ -106,12 +99,6 @@ def do_export(bulk, args):
     for item in method(flow=args.flow):
         if dataclasses.is_dataclass(item):
             item = {"triple": dataclasses.asdict(item)}
-            probe = item["triple"]["s"] == args.probe
-        else:
-            probe = _is_probe(item, args.probe)
-        if probe:
-            print(json.dumps({"probe": item}), flush=True)
-            continue
         print(json.dumps(item), flush=True)
         count += 1
         if count >= args.count:
@@ -128,7 +115,6 @@ def main():
     parser.add_argument("--metadata")
     parser.add_argument("--workspace")
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--probe", default="quiesce-probe")
     args = parser.parse_args()
     kwargs = {"workspace": args.workspace} if args.workspace and TG2 else {}
     bulk = Api(url=args.url, **kwargs).bulk()
