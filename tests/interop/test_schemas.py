@@ -284,18 +284,37 @@ async def import_all(gateway: Gateway, flow: str, frames: dict[str, list[dict[st
 
 async def export_all(gateway: Gateway, flow: str, kind: str) -> list[dict[str, Any]]:
     """Everything in the topic of (flow, kind), exported by quiesce (a new subscription from
-    the earliest message, ``until=end``)."""
+    the earliest message, ``until=end``), each distinct frame once, in first-seen order.
+
+    pulsar-lite has been seen to deliver a message twice (DESIGN.md): a repeat is counted
+    and printed, not compared.
+    """
     url = (f"ws://127.0.0.1:{gateway.port}/api/v1/flow/{flow}/export/{kind}"
            f"?subscription=check-{kind}&position=earliest&until=end")
-    frames = []
+    frames: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    repeats = 0
     with trio.fail_after(LONG):
         async with connect(url) as ws:
             while True:
                 frame = json.loads(await ws.recv())
                 if frame == {"end": True}:
                     break
+                key = json.dumps(frame, sort_keys=True)
+                if key in seen:
+                    repeats += 1
+                    continue
+                seen.add(key)
                 frames.append(frame)
+    if repeats:
+        print(f"\n{kind}: {repeats} repeated deliveries (not compared)")
     return frames
+
+
+def canonical(frame: dict[str, Any]) -> str:
+    """A frame's JSON with sorted keys: an order to compare deliveries in (Shared
+    subscriptions and redeliveries do not keep the topic's order)."""
+    return json.dumps(frame, sort_keys=True)
 
 
 async def schema_driver(env: TgEnv, *args: str | Path) -> list[dict[str, Any]]:
@@ -398,7 +417,8 @@ async def test_quiesce_exports_what_tg1_producers_publish(
     assert produced[0]["topics"] == {k: topic(flow, k, "tg1") for k in by_kind}
     for kind, cs in by_kind.items():
         want = [f for f, _o in cs]
-        assert exported[kind] == want, (kind, diff(exported[kind], want))
+        got = sorted(exported[kind], key=canonical)
+        assert got == sorted(want, key=canonical), (kind, diff(got, sorted(want, key=canonical)))
 
 
 async def test_quiesce_exports_what_tg2_producers_publish(
@@ -420,4 +440,5 @@ async def test_quiesce_exports_what_tg2_producers_publish(
     assert produced[0]["topics"] == {k: topic(flow, k, "tg2") for k in by_kind}
     for kind, cs in by_kind.items():
         want = [f for f, _o in cs]
-        assert exported[kind] == want, (kind, diff(exported[kind], want))
+        got = sorted(exported[kind], key=canonical)
+        assert got == sorted(want, key=canonical), (kind, diff(got, sorted(want, key=canonical)))
