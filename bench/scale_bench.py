@@ -52,7 +52,7 @@ from typing import Any
 
 import trio
 from _common import CpuMeter, cpu_seconds, import_path, new_flow, rig
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.trio.client import connect
 
 from tests.data import sample_message
@@ -66,6 +66,10 @@ SETTLE_S = 3.0
 DRAIN_S = 60.0
 # Most time a whole run may take beyond the paced sending (a hang ends the benchmark).
 SLACK_S = 300.0
+# Opening handshake bound per socket (a gateway starved of CPU may take long to answer).
+OPEN_TIMEOUT_S = 60.0
+# What a failed connection attempt raises (counted, not fatal).
+CONNECT_ERRORS = (OSError, TimeoutError, WebSocketException)
 # Thread and RSS sampling period during the load phase.
 SAMPLE_S = 0.5
 _SEQ_PREFIX = '{"seq":'
@@ -118,6 +122,7 @@ class Importer:
     close_code: int | None = None
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    failed: str | None = None
 
     @property
     def clean(self) -> bool:
@@ -133,6 +138,7 @@ class Exporter:
     ids: set[str] = field(default_factory=set)
     frames: int = 0
     last_at: float = 0.0
+    failed: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -161,8 +167,13 @@ async def run_importer(url: str, index: int, frames: int, rate: float, load: Loa
     sent_at: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         async with limiter:
-            ws = await stack.enter_async_context(connect(
-                url, compression=None, max_size=None, proxy=None, close_timeout=SLACK_S))
+            try:
+                ws = await stack.enter_async_context(connect(
+                    url, compression=None, max_size=None, proxy=None,
+                    open_timeout=OPEN_TIMEOUT_S, close_timeout=SLACK_S))
+            except CONNECT_ERRORS as exc:
+                me.failed = repr(exc)
+                return
         nursery = await stack.enter_async_context(trio.open_nursery())
 
         async def read() -> None:
@@ -199,8 +210,14 @@ async def run_exporter(url: str, me: Exporter, limiter: trio.CapacityLimiter,
     """Read frames, ack each, until every frame of the flow arrived or ``done`` is set."""
     async with contextlib.AsyncExitStack() as stack:
         async with limiter:
-            ws = await stack.enter_async_context(connect(
-                url, compression=None, max_size=None, proxy=None, close_timeout=10))
+            try:
+                ws = await stack.enter_async_context(connect(
+                    url, compression=None, max_size=None, proxy=None,
+                    open_timeout=OPEN_TIMEOUT_S, close_timeout=10))
+            except CONNECT_ERRORS as exc:
+                me.failed = repr(exc)
+                connected.release()
+                return
         connected.release()
         nursery = await stack.enter_async_context(trio.open_nursery())
 
@@ -293,6 +310,7 @@ class Idle:
     cpu_pct: float
     threads: int
     rss_mb: float
+    failed: int = 0
 
 
 async def measure_idle(gw_pid: int, label: str, sockets: int, seconds: float) -> Idle:
@@ -307,12 +325,18 @@ async def measure_idle(gw_pid: int, label: str, sockets: int, seconds: float) ->
 
 
 async def hold_open(url: str, limiter: trio.CapacityLimiter, opened: trio.Semaphore,
-                    release: trio.Event) -> None:
+                    release: trio.Event, failed: list[str]) -> None:
     """Open a WebSocket, keep it open (reading nothing) until ``release``, then close it."""
     async with contextlib.AsyncExitStack() as stack:
         async with limiter:
-            await stack.enter_async_context(connect(url, compression=None, proxy=None,
-                                                    close_timeout=10))
+            try:
+                await stack.enter_async_context(connect(
+                    url, compression=None, proxy=None, open_timeout=OPEN_TIMEOUT_S,
+                    close_timeout=10))
+            except CONNECT_ERRORS:
+                failed.append(url)
+                opened.release()
+                return
         opened.release()
         await release.wait()
 
@@ -322,6 +346,7 @@ async def idle_phase(port: int, gw_pid: int, args: Any) -> list[Idle]:
     results = [await measure_idle(gw_pid, "no socket", 0, args.idle_seconds)]
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
     release = trio.Event()
+    failed: list[str] = []
     flows = [new_flow("idle") for _ in range(max(1, args.flows))]
     with trio.move_on_after(2 * (SETTLE_S + args.idle_seconds) + SLACK_S):
         async with trio.open_nursery() as nursery:
@@ -332,11 +357,12 @@ async def idle_phase(port: int, gw_pid: int, args: Any) -> list[Idle]:
                     path = (import_path(flow, KIND) if direction == "import"
                             else f"/api/v1/flow/{flow}/export/{KIND}?ack=client")
                     nursery.start_soon(hold_open, ws_url_for(port, path), limiter, opened,
-                                       release)
+                                       release, failed)
                 for _ in range(args.idle):
                     await opened.acquire()
-                count = args.idle * (1 if direction == "import" else 2)
+                count = args.idle * (1 if direction == "import" else 2) - len(failed)
                 results.append(await measure_idle(gw_pid, label, count, args.idle_seconds))
+                results[-1].failed = len(failed)
             release.set()
     return results
 
@@ -354,6 +380,7 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
     clean = sum(i.clean for i in importers)
     complete = sum(e.complete for e in exporters)
     errors = sum(i.errors for i in importers)
+    failed = [c.failed for c in [*importers, *exporters] if c.failed]
     print(f"load: {args.importers} importers x {args.frames} frames at {args.rate:g}/s + "
           f"{args.exporters} exporters (ack=client) over {args.flows} flows; "
           f"{cores} cores shared by broker, gateway and this client")
@@ -365,6 +392,8 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
           f"max {1000 * max(latencies, default=math.nan):.0f} ms")
     print(f"  client-closed imports ending 1000 with their final ack: {clean}/{len(importers)}"
           f"; exporters with every frame: {complete}/{len(exporters)}; error frames {errors}")
+    if failed:
+        print(f"  sockets that could not connect: {len(failed)}, e.g. {failed[0]}")
     status = load.end_status
     print(f"  gateway: cpu {load.cpu_s or math.nan:.1f} s "
           f"({100 * (load.cpu_s or math.nan) / span:.0f} % of a core), "
@@ -373,7 +402,8 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
     print("idle (gateway):")
     for row in idle:
         print(f"  {row.label:<16} {row.sockets:>5} sockets: cpu {row.cpu_pct:6.1f} % of a core, "
-              f"{row.threads:>4} threads, RSS {row.rss_mb:.0f} MB")
+              f"{row.threads:>4} threads, RSS {row.rss_mb:.0f} MB"
+              + (f" ({row.failed} could not connect)" if row.failed else ""))
     if load.timed_out:
         problems.append("the load phase timed out")
     if clean < len(importers):
@@ -382,6 +412,8 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
         problems.append(f"{len(exporters) - complete} exporters missed frames")
     if errors:
         problems.append(f"{errors} error frames")
+    if failed:
+        problems.append(f"{len(failed)} sockets could not connect")
     if args.json:
         print(json.dumps({
             "bench": "scale", "importers": args.importers, "exporters": args.exporters,
