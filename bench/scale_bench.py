@@ -392,6 +392,10 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
           f"max {1000 * max(latencies, default=math.nan):.0f} ms")
     print(f"  client-closed imports ending 1000 with their final ack: {clean}/{len(importers)}"
           f"; exporters with every frame: {complete}/{len(exporters)}; error frames {errors}")
+    unclean = [f"close {i.close_code}, ack {i.final_ack}/{i.sent}" for i in importers
+               if not i.clean and not i.failed]
+    if unclean:
+        print(f"  unclean import closes: {len(unclean)}, e.g. {'; '.join(unclean[:3])}")
     if failed:
         print(f"  sockets that could not connect: {len(failed)}, e.g. {failed[0]}")
     status = load.end_status
