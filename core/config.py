@@ -99,6 +99,7 @@ class Settings:
     producer_batching: bool = True
     producer_batch_delay_ms: int = 10
     subscriber_max_queue_size: int = 100
+    subscriber_prefetch_bytes: int = 2 * 1024 * 1024
     subscriber_drain_timeout: float = 5.0
     default_backpressure: str = "block"
     nack_redelivery_delay_ms: int = 1000
@@ -264,6 +265,7 @@ _RULES: dict[str, _Rule] = {
     "producer_batching": _BOOL,
     "producer_batch_delay_ms": _int_rule(0, 10_000),
     "subscriber_max_queue_size": _int_rule(1),
+    "subscriber_prefetch_bytes": _int_rule(1024),
     "subscriber_drain_timeout": _float_rule(0, strict=True),
     "default_backpressure": _choice_rule(BACKPRESSURE),
     "nack_redelivery_delay_ms": _int_rule(0),
