@@ -3,9 +3,12 @@
 Commands::
 
     quiesce serve [--host H] [--port P] [--pulsar-url URL] [--data-dir DIR] [--config FILE]
-                  [--shutdown-timeout S] [--secret TOKEN] [--log-format text|json] [--log-level L]
+                  [--shutdown-timeout S] [--secret TOKEN] [--tokens-file FILE]
+                  [--log-format text|json] [--log-level L]
     quiesce config [same flags]     print the effective settings and where each came from
     quiesce diagrams [--out DIR]    render every lifecycle to SVG and Mermaid
+    quiesce import --url ws://HOST:PORT … FILE…   load JSON Lines or RDF (quiesce.client)
+    quiesce export --url ws://HOST:PORT …         dump or follow a flow (quiesce.client)
 
 The supervisor tree (see docs/architecture.md)::
 
@@ -13,6 +16,9 @@ The supervisor tree (see docs/architecture.md)::
      ├─ Broker            open_broker(): embedded pulsar-lite or an external URL; closed last
      ├─ WebSocket server  websockets.trio, its handlers in a nursery of their own
      └─ Connection actors  one per socket (ImportActor / ExportActor), each with its worker
+
+SIGHUP reloads the tokens file (``reload_tokens``): new handshakes use the new tokens, open
+connections are left alone, and a file that does not load keeps the tokens in use.
 
 Close events flow down (signal → supervisor drain → every connection's ``request_drain``),
 completion flows up (a connection's ``run`` returns only after its socket is closed; the
@@ -57,7 +63,7 @@ from websockets.trio.server import Server
 from websockets.trio.server import serve as ws_serve
 
 from quiesce.actors._observe import JsonFormatter, TextFormatter, TransitionLog
-from quiesce.actors.broker import open_broker
+from quiesce.actors.broker import Broker, monitor_broker, open_broker
 from quiesce.actors.connection import ConnectionActor, Services, Worker
 from quiesce.actors.exporter import ExportWorker
 from quiesce.actors.http import HttpFront
@@ -65,10 +71,19 @@ from quiesce.actors.importer import ImportWorker
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
-from quiesce.core.config import LoadedSettings, Settings, load_settings, render_settings
+from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
+from quiesce.core.config import (
+    LoadedSettings,
+    Settings,
+    load_settings,
+    render_reference,
+    render_settings,
+)
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
 from quiesce.core.protocol import CloseCode, Direction
+from quiesce.core.tokens import TokenSet, load_tokens
 from quiesce.machines import ALL_MACHINES
+from quiesce.machines.broker import BrokerMachine
 from quiesce.machines.supervisor import SupervisorMachine
 
 LOGGER = logging.getLogger("quiesce.supervisor")
@@ -76,6 +91,8 @@ LOGGER = logging.getLogger("quiesce.supervisor")
 # Frames the WebSocket layer may buffer per connection before it stops reading the socket
 # (websockets' default is 16; more keeps the reader busy between scheduler turns).
 WS_MAX_QUEUE = 64
+# Longest wait for the tokens file on SIGHUP before the reload is given up.
+TOKENS_RELOAD_TIMEOUT = 5.0
 # Exit codes: 0 after a drain (graceful or forced), 1 when start-up failed, 2 for usage errors.
 EXIT_OK, EXIT_STARTUP, EXIT_USAGE = 0, 1, 2
 
@@ -93,6 +110,9 @@ class Supervisor:
 
     Args:
         settings: the effective settings.
+
+    Raises:
+        ConfigError: the tokens file (``tokens_file``) cannot be read or is malformed.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -100,7 +120,14 @@ class Supervisor:
         self.machine = SupervisorMachine()
         self.machine.observe(TransitionLog(LOGGER, "supervisor", "supervisor"))
         self.metrics = Metrics()
-        self.front = HttpFront(settings, self.machine, self.metrics)
+        self.broker_health = BrokerMachine()
+        self.broker_health.observe(TransitionLog(LOGGER, "broker", "broker"))
+        self._monitor_scope = trio.CancelScope()
+        # Read before the loop serves anything: a small local file, and a bad one stops
+        # start-up (exit 2) rather than leaving the gateway open or shut.
+        tokens = load_tokens(settings.tokens_file) if settings.tokens_file else TokenSet()
+        self.front = HttpFront(settings, self.machine, self.metrics, self.broker_health,
+                               tokens.with_secret(settings.secret))
         self.actors: set[ConnectionActor] = set()
         # Queue depths are read when scraped, not updated per message on the hot path.
         self.metrics.publisher_queue_depth.set_function(self._publisher_depth)
@@ -129,6 +156,39 @@ class Supervisor:
             return
         self.machine.drain()
         self.shutdown_requested.set()
+
+    async def reload_tokens(self) -> bool:
+        """Read the tokens file again (what SIGHUP does); new handshakes use what it holds.
+
+        Open connections are left as they are. A file that cannot be read or is malformed
+        changes nothing: the tokens in use stay, and the error is logged.
+
+        Returns:
+            True if the new tokens are in use.
+        """
+        path = self.settings.tokens_file
+        if path is None:
+            LOGGER.info("tokens not reloaded: no tokens_file is configured")
+            return False
+        kept = len(self.front.tokens.tokens)
+        try:
+            # Bounded: a file on a hung mount must not hold up the signals after this one.
+            with trio.fail_after(TOKENS_RELOAD_TIMEOUT):
+                tokens = await trio.to_thread.run_sync(load_tokens, path, abandon_on_cancel=True)
+        except ConfigError as exc:
+            LOGGER.error("tokens not reloaded, keeping the %d in use: %s", kept, exc,
+                         extra={"tokens_file": path})
+            return False
+        except trio.TooSlowError:
+            LOGGER.error("tokens not reloaded, keeping the %d in use: tokens file '%s' not "
+                         "read within %gs", kept, path, TOKENS_RELOAD_TIMEOUT,
+                         extra={"tokens_file": path})
+            return False
+        self.front.tokens = tokens.with_secret(self.settings.secret)
+        LOGGER.info("tokens reloaded from %s: %d tokens (%s)", path, len(tokens.tokens),
+                    ", ".join(t.name for t in tokens.tokens) or "none",
+                    extra={"tokens_file": path, "tokens": len(tokens.tokens)})
+        return True
 
     def force(self) -> None:
         """Stop waiting for drains at once (a second SIGINT)."""
@@ -160,8 +220,10 @@ class Supervisor:
                         LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
                                     ", embedded" if broker.embedded else "",
                                     extra={"url": self.url, "broker": broker.url})
+                        nursery.start_soon(self._monitor, broker)
                         await self.shutdown_requested.wait()
                         await self._drain(server, nursery)
+                        self._monitor_scope.cancel(reason="stopped")
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
@@ -172,6 +234,10 @@ class Supervisor:
             raise StartupError(str(failure)) from failure
         if not self.unclean:  # after a failure the machine is already in ``failed``
             self.machine.exit()
+
+    async def _monitor(self, broker: Broker) -> None:
+        with self._monitor_scope:
+            await monitor_broker(broker, self.broker_health, self.settings, self.metrics)
 
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings
@@ -285,10 +351,12 @@ def _total(counter: Any) -> int:
 
 
 async def _watch_signals(supervisor: Supervisor) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
-            if not supervisor.shutdown_requested.is_set():
+            if signum == signal.SIGHUP:
+                await supervisor.reload_tokens()
+            elif not supervisor.shutdown_requested.is_set():
                 LOGGER.info("%s received: draining", name, extra={"signal": name})
                 supervisor.request_shutdown()
             elif signum == signal.SIGINT:
@@ -298,7 +366,11 @@ async def _watch_signals(supervisor: Supervisor) -> None:
 
 async def run_process(settings: Settings) -> int:
     """Serve until a signal's drain completes; return the exit code."""
-    supervisor = Supervisor(settings)
+    try:
+        supervisor = Supervisor(settings)
+    except ConfigError as exc:
+        print(f"quiesce: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, supervisor)
         try:
@@ -327,6 +399,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", dest="shutdown_timeout", default=s,
                         help="bound of the whole drain on SIGTERM/SIGINT, seconds (30)")
     parser.add_argument("--secret", default=s, help="token required by WebSockets and /metrics")
+    parser.add_argument("--tokens-file", dest="tokens_file", default=s,
+                        help="TOML file of scoped tokens, reloaded on SIGHUP")
     parser.add_argument("--log-format", dest="log_format", default=s, help="text or json")
     parser.add_argument("--log-level", dest="log_level", default=s,
                         help="debug, info, warning or error")
@@ -342,13 +416,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     config = sub.add_parser("config", help="print the effective settings and their sources")
     _add_setting_flags(config)
+    config.add_argument("--reference", action="store_true",
+                        help="print the reference of every setting (Markdown) instead")
     diagrams = sub.add_parser("diagrams", help="render every lifecycle to SVG and Mermaid")
     diagrams.add_argument("--out", default="docs/diagrams", help="folder (docs/diagrams)")
+    add_client_commands(sub)
     return parser
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "reference")}
     return load_settings(flags, os.environ, getattr(args, "config", None))
 
 
@@ -404,6 +482,11 @@ def render_diagrams(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quiesce`` command. Returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
+    if args.command == "config" and args.reference:
+        print(render_reference(), end="")
+        return EXIT_OK
     if args.command == "diagrams":
         try:
             for path in render_diagrams(Path(args.out)):

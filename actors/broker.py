@@ -29,7 +29,9 @@ from quiesce.core.errors import BrokerError, BrokerUnavailable
 from quiesce.core.prefetch import MessageSizes
 
 if TYPE_CHECKING:
+    from quiesce.actors.metrics import Metrics
     from quiesce.core.config import Settings
+    from quiesce.machines.broker import BrokerMachine
 
 LOGGER = logging.getLogger("quiesce.broker")
 # pulsar-client's own log lines (its C++ core, through Python logging).
@@ -49,6 +51,8 @@ PROCESS_STOP_TIMEOUT = 5.0
 # receives. Both are pulsar-client's defaults, stated: one of each serves every connection.
 PULSAR_IO_THREADS = 1
 PULSAR_LISTENER_THREADS = 1
+# The topic the probes look up (it need not exist: a lookup is answered either way).
+PROBE_TOPIC = "persistent://public/default/quiesce-readiness-probe"
 # Headroom the broker's own frame limit gets over max_message_bytes (the JSON is the payload;
 # Pulsar adds metadata around it).
 BROKER_FRAME_HEADROOM = 64 * 1024
@@ -219,7 +223,7 @@ async def _probe(client: pulsar.Client, url: str) -> None:
     """Ask the broker one question, so that "ready" means it answers, not only that it listens."""
 
     def lookup() -> None:
-        client.get_topic_partitions("persistent://public/default/quiesce-readiness-probe")
+        client.get_topic_partitions(PROBE_TOPIC)
 
     with trio.move_on_after(PROBE_TIMEOUT) as scope:
         try:
@@ -270,3 +274,59 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         if process is not None:
             await _stop_process(process)
             LOGGER.info("embedded broker stopped", extra={"url": url})
+
+
+async def monitor_broker(broker: Broker, machine: BrokerMachine, settings: Settings,
+                         metrics: Metrics) -> None:
+    """Probe the broker every ``broker_probe_interval`` seconds and report each answer.
+
+    A probe is one lookup through the shared client, bounded by the interval; a probe still
+    waiting from before (a frozen broker) counts as unanswered without starting another
+    thread. The machine (``BrokerMachine``) decides what the answers mean; this logs the
+    outage once when it starts and once when it ends, with its length, and keeps the
+    ``broker_up`` gauge. Runs until cancelled.
+
+    pulsar-client reconnects producers and consumers by itself, with a backoff its Python
+    API does not let us bound (it starts at 100 ms and doubles up to a minute); the probe
+    only reports, so an operator sees the outage in quiesce's own log and metrics.
+    """
+    interval, unready_after = settings.broker_probe_interval, settings.broker_unready_after
+    limiter = trio.CapacityLimiter(1)  # one probe thread at a time, however long it hangs
+
+    def lookup() -> None:
+        broker.client.get_topic_partitions(PROBE_TOPIC)
+
+    lost_at: float | None = None
+    long_reported = False
+    metrics.broker_up.set(1)
+    while True:
+        # Periodic by design: one probe for the whole process, not per connection.
+        await trio.sleep(interval)
+        problem = ""
+        with trio.move_on_after(interval) as scope:
+            try:
+                await trio.to_thread.run_sync(lookup, abandon_on_cancel=True, limiter=limiter)
+            except Exception as exc:
+                problem = str(exc) or type(exc).__name__
+        if scope.cancelled_caught:
+            problem = f"no answer within {interval:g}s"
+        now = trio.current_time()
+        if not problem:
+            machine.probe_ok()
+            if lost_at is not None:
+                LOGGER.info("broker at %s reachable again after %.1fs", broker.url, now - lost_at,
+                            extra={"url": broker.url, "outage_s": round(now - lost_at, 1)})
+                metrics.broker_outage_seconds.observe(now - lost_at)
+                lost_at, long_reported = None, False
+        else:
+            machine.probe_failed()
+            if lost_at is None:
+                lost_at = now - interval  # it went away at most one probe ago
+                LOGGER.warning("broker at %s unreachable: %s", broker.url, problem,
+                               extra={"url": broker.url})
+            elif not long_reported and now - lost_at >= unready_after:
+                long_reported = True
+                machine.outage_long()
+                LOGGER.error("broker at %s unreachable for %.0fs: /readyz answers 503",
+                             broker.url, now - lost_at, extra={"url": broker.url})
+        metrics.broker_up.set(1 if machine.up else 0)

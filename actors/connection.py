@@ -157,6 +157,8 @@ class ConnectionActor:
         self.settings = services.settings
         self.metrics = services.metrics
         self.log_fields = {"conn": self.id, "flow": self.route.flow, "kind": self.route.kind}
+        if ws.credential is not None:
+            self.log_fields["token"] = ws.credential  # a token's name, never the token
         self.deadlines = Deadlines()
         # Cancelled to stop taking frames/messages: the first step of every drain.
         self.intake_scope = trio.CancelScope()
@@ -210,6 +212,11 @@ class ConnectionActor:
         """The broker (or a bug) failed this connection: drain, then close with 1011."""
         self.machine.failed()
         self._stop_intake(reason)
+
+    def report_stalled(self) -> None:
+        """An export client took nothing for export_stall_timeout: let it go (1008)."""
+        self.machine.stalled()
+        self._stop_intake("client stalled")
 
     def report_finished(self) -> None:
         """The worker's job is done (an until=end export delivered its backlog)."""

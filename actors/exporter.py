@@ -22,7 +22,6 @@ when nothing at all arrives for ``END_IDLE_PERIOD`` (the subscription had nothin
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -82,6 +81,7 @@ class ExportWorker:
                                            **conn.log_fields))
         self._wake = trio.Event()  # set on an arrival, a client ack, or the client's end
         self._write_scope: trio.CancelScope | None = None
+        self._progress = 0.0  # when the client last took something (a write, an ack)
         self._concluded = False
         self._invalid_logged = False
         metrics, kind = conn.metrics, route.kind
@@ -155,9 +155,20 @@ class ExportWorker:
         if ledger.end_due(quiet=False):  # until=end on an empty topic
             conn.report_finished()
             return
+        stall = self.settings.export_stall_timeout
+        self._progress = trio.current_time()
         while True:
             batch = ledger.next_batch(MAX_WRITE_BATCH)
             if not batch:
+                if ledger.inflight:
+                    # Frames wait for the client's acks: it must take something (ack) within
+                    # export_stall_timeout, or it is let go and what it holds is nacked.
+                    with trio.move_on_at(self._progress + stall) as scope:
+                        await self._wait_news()
+                    if scope.cancelled_caught:
+                        self._stalled("no ack")
+                        return
+                    continue
                 if not until_end:
                     await self._wait_news()
                     continue
@@ -177,18 +188,24 @@ class ExportWorker:
                 first = ledger.sent + 1
                 payloads = [envelope(first + i, p) for i, p in enumerate(payloads)]
             # The write is shielded: a drain that cancelled it halfway would leave a half
-            # frame on the wire and these messages neither delivered nor undelivered. Once
-            # intake ends the write gets a deadline (intake_stopping), and force_now cuts it.
-            with conn.deadlines.within(math.inf, shield=True) as scope:
+            # frame on the wire and these messages neither delivered nor undelivered. It is
+            # bounded by export_stall_timeout (a client that reads nothing); once intake ends
+            # it gets the grace period (intake_stopping), and force_now cuts it.
+            written = False
+            with conn.deadlines.within(stall, shield=True) as scope:
                 self._write_scope = scope
                 written = await ws.send_texts(payloads)
             self._write_scope = None
             if scope.cancelled_caught:
                 await ws.abort()  # a half-written frame: the stream is unusable
-            if not written or scope.cancelled_caught:
+            if not written:
                 ledger.unget(batch)  # not known to be written: nacked by the drain
-                conn.report_ending(Ending.PEER_LOST)
+                if scope.cancelled_caught and conn.machine.intake_open:
+                    self._stalled("a write blocked")  # nothing else cut it: the stall bound
+                else:
+                    conn.report_ending(Ending.PEER_LOST)
                 return
+            self._progress = trio.current_time()
             _, to_ack = ledger.delivered_batch(batch)
             self._exported.inc(len(batch))
             if to_ack:
@@ -210,6 +227,13 @@ class ExportWorker:
                                message.message_id(), detail[:200], extra=self.conn.log_fields)
             return invalid_payload(detail, str(message.message_id()), data)
         return dumps(wire)
+
+    def _stalled(self, what: str) -> None:
+        seconds = self.settings.export_stall_timeout
+        LOGGER.warning("export client took nothing for %gs (%s): closing it, %d messages "
+                       "it was sent and did not ack are nacked", seconds, what,
+                       len(self.ledger.inflight), extra=self.conn.log_fields)
+        self.conn.report_stalled()
 
     def intake_stopping(self) -> None:
         """Intake is ending: a write in progress gets the grace period to finish."""
@@ -248,6 +272,7 @@ class ExportWorker:
                 continue
             if acked:
                 self._ack(acked)
+                self._progress = trio.current_time()
             self._wake.set()
 
     # -------------------------------------------------------------- drain

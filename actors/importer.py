@@ -39,7 +39,7 @@ from quiesce.actors.publisher import Publisher
 from quiesce.core.convert import convert_frame, dumps
 from quiesce.core.errors import BrokerError, InvalidMessage
 from quiesce.core.protocol import ErrorCode, ack_frame, draining_frame, error_frame
-from quiesce.core.wire import parse
+from quiesce.core.wire import loads_strict
 from quiesce.machines.receipts import ReceiptLedger
 from quiesce.machines.worker import WorkerMachine
 
@@ -85,7 +85,8 @@ class ImportWorker:
         self._capacity_counted = False
         self._grace_until: float | None = None  # set when a server drain grants a grace
         self._last_frame = 0.0
-        self._wait: trio.CancelScope | None = None  # the intake's current wait
+        self._usual = trio.CancelScope()  # the intake's usual loop; a grace cancels it
+        self._wait: trio.CancelScope | None = None  # the intake's current wait in a grace
         self._notice: str | None = None  # {"draining": …}, sent before anything else
         self._next_rejection_log = 0.0
         metrics = conn.metrics
@@ -116,46 +117,67 @@ class ImportWorker:
         self._capacity_counted = True
 
     async def take(self) -> None:
-        """Read, number, validate and publish frames until the client's stream ends."""
-        conn, ws, ledger, publisher = self.conn, self.conn.ws, self.ledger, self.publisher
-        route, limit = conn.route, self._limit
-        kind, profile, workspace = route.kind, route.profile, route.workspace
+        """Read, number, validate and publish frames until the client's stream ends.
+
+        Two loops: the usual one, with no cancel scope per frame (it is the hot path), and,
+        once a server drain grants a grace (``grace`` cancels the first loop's scope, which
+        holds no frame when cut), one whose every wait is bounded by the quiet rule.
+        """
+        with trio.CancelScope() as self._usual:
+            while True:
+                frame = await self._next_frame()
+                if frame is None:
+                    self.conn.report_ending(self.conn.ws.ending())
+                    return
+                self._last_frame = trio.current_time()  # for the quiet rule, if a grace comes
+                self._take(frame)
+        # A server drain granted a grace: take frames until the client closes or goes quiet.
         while True:
-            # Neither wait holds a frame when it is cut: the cut (the deadline a server
-            # drain's grace sets) ends intake and loses nothing.
-            frame: str | bytes | InvalidMessage | None = None
             with trio.CancelScope(deadline=self._quiet_deadline()) as wait:
                 self._wait = wait
-                while ledger.in_flight >= limit:
-                    self._room = trio.Event()
-                    await self._room.wait()
-                try:
-                    frame = await ws.receive_frame()
-                except InvalidMessage as exc:
-                    frame = exc
+                frame = await self._next_frame()
             self._wait = None
             if wait.cancelled_caught:
-                conn.report_quiet()
+                self.conn.report_quiet()
                 return
             self._last_frame = trio.current_time()
-            if isinstance(frame, InvalidMessage):
-                self._reject(ledger.receive(), frame.code, frame.detail)
-                continue
             if frame is None:
-                conn.report_ending(ws.ending())
+                self.conn.report_ending(self.conn.ws.ending())
                 return
-            seq = ledger.receive()
-            if type(frame) is str:
-                try:
-                    payload = dumps(convert_frame(kind, parse(frame), profile,
-                                                  workspace=workspace))
-                except InvalidMessage as exc:
-                    self._reject(seq, exc.code, exc.detail)
-                    continue
-                ledger.publish()
-                publisher.publish_nowait(seq, payload)
-            else:
-                self._reject(seq, ErrorCode.UNSUPPORTED_FRAME, BINARY_DETAIL)
+            self._take(frame)
+
+    async def _next_frame(self) -> str | bytes | InvalidMessage | None:
+        """Wait for room for one more frame in flight, then for the frame (None: the end).
+
+        Neither wait holds a frame when it is cancelled: cancelling loses nothing.
+        """
+        ledger, limit = self.ledger, self._limit
+        while ledger.in_flight >= limit:
+            self._room = trio.Event()
+            await self._room.wait()
+        try:
+            return await self.conn.ws.receive_frame()
+        except InvalidMessage as exc:
+            return exc
+
+    def _take(self, frame: str | bytes | InvalidMessage) -> None:
+        """Number one frame and publish its payload, or reject it."""
+        ledger, route = self.ledger, self.conn.route
+        if isinstance(frame, InvalidMessage):
+            self._reject(ledger.receive(), frame.code, frame.detail)
+            return
+        seq = ledger.receive()
+        if type(frame) is not str:
+            self._reject(seq, ErrorCode.UNSUPPORTED_FRAME, BINARY_DETAIL)
+            return
+        try:
+            payload = dumps(convert_frame(route.kind, loads_strict(frame), route.profile,
+                                          workspace=route.workspace))
+        except InvalidMessage as exc:
+            self._reject(seq, exc.code, exc.detail)
+            return
+        ledger.publish()
+        self.publisher.publish_nowait(seq, payload)
 
     def _quiet_deadline(self) -> float:
         if self._grace_until is None:
@@ -169,6 +191,7 @@ class ImportWorker:
         """
         now = trio.current_time()
         self._grace_until = until
+        self._usual.cancel(reason="server draining: the grace's quiet rule applies")
         if self._wait is not None:
             self._wait.deadline = self._quiet_deadline()
         if self.ledger.receipts:

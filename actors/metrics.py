@@ -124,6 +124,17 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=r,
         )
+        self.broker_up = Gauge(
+            "broker_up",
+            "1 while the broker answers the gateway's probe, 0 while it does not",
+            registry=r,
+        )
+        self.broker_outage_seconds = Histogram(
+            "broker_outage_duration_seconds",
+            "How long the broker stayed unreachable, per outage (observed when it is back)",
+            buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+            registry=r,
+        )
         self.draining = Gauge(
             "supervisor_draining",
             "1 from the moment a shutdown drain starts",

@@ -12,7 +12,8 @@ RFC 6455 §1.4 says.
 It swaps the protocol's class in place (``serve`` builds a plain ``ServerProtocol`` and offers
 no other hook) and gives the actors their socket operations: ``receive_frame``,
 ``send_text``/``send_texts``, ``ending`` (why the stream of frames ended),
-``close_after_drain`` and ``abort``.
+``close_after_drain`` and ``abort``. ``HeldCloseProtocol`` is also an ``AnsweringProtocol``
+(``actors/_request.py``): a request head that does not parse still gets an HTTP answer.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CLOSE, Close, Frame
 from websockets.protocol import CLOSING, OPEN, State
-from websockets.server import ServerProtocol
 from websockets.trio.server import ServerConnection
 
+from quiesce.actors._request import AnsweringProtocol
 from quiesce.core.errors import InvalidMessage
 from quiesce.core.protocol import CloseCode
 
@@ -42,8 +43,9 @@ class Ending(enum.Enum):
     PEER_LOST = "peer lost"  # the socket is gone
 
 
-class HeldCloseProtocol(ServerProtocol):
-    """A ``ServerProtocol`` that lets the application choose when to answer a close frame."""
+class HeldCloseProtocol(AnsweringProtocol):
+    """A ``ServerProtocol`` that lets the application choose when to answer a close frame
+    (and answers every HTTP request, as an ``AnsweringProtocol``)."""
 
     held_close: Frame | None = None
 
@@ -85,15 +87,24 @@ class GatewayConnection(ServerConnection):
     Attributes:
         route: what ``process_request`` resolved for this request (flow, kind, topic,
             options); set before the handler runs.
+        credential: the name of the token (or ``secret``) the handshake presented, for
+            logs; None when no credential is required.
     """
 
     route: Route
+    credential: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # serve() builds a plain ServerProtocol and has no hook for a subclass; the subclass
         # adds behaviour only (no state of its own besides a class-level default).
-        self.protocol.__class__ = HeldCloseProtocol
+        protocol = self.protocol
+        protocol.__class__ = HeldCloseProtocol
+        # The request parser was started by ServerProtocol.__init__ as the plain class's
+        # generator: start ours instead. Nothing was read yet (the reader task has not run).
+        assert not protocol.reader.buffer and not protocol.reader.eof
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
         self.client_closed = trio.Event()
 
     def process_event(self, event: Any) -> None:

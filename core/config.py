@@ -88,6 +88,7 @@ class Settings:
     data_dir: str = ".quiesce"
     shutdown_timeout: float = 30.0
     secret: str | None = field(default=None, repr=False)
+    tokens_file: str | None = None
     log_format: str = "text"
     log_level: str = "info"
     max_message_bytes: int = 50 * 1024 * 1024
@@ -104,12 +105,15 @@ class Settings:
     default_backpressure: str = "block"
     nack_redelivery_delay_ms: int = 1000
     export_window: int = 1000
+    export_stall_timeout: float = 60.0
     socket_grace_period: float = 2.0
     import_drain_grace: float = 5.0
     max_consecutive_errors: int = 10
     metrics_enabled: bool = True
     queue_stats_on_shutdown: bool = True
     broker_metrics_port: int = 0
+    broker_probe_interval: float = 2.0
+    broker_unready_after: float = 10.0
     flows: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -248,6 +252,8 @@ _RULES: dict[str, _Rule] = {
     "data_dir": _NON_EMPTY,
     "shutdown_timeout": _float_rule(0, strict=True),
     "secret": _Rule(str, "a non-empty string", lambda v: v != "", optional=True),
+    # Scoped tokens (core/tokens.py), read at start-up and on SIGHUP.
+    "tokens_file": _Rule(str, "a non-empty string (a path)", lambda v: v != "", optional=True),
     "log_format": _choice_rule(LOG_FORMATS),
     "log_level": _choice_rule(LOG_LEVELS),
     "max_message_bytes": _int_rule(1024),
@@ -270,15 +276,151 @@ _RULES: dict[str, _Rule] = {
     "default_backpressure": _choice_rule(BACKPRESSURE),
     "nack_redelivery_delay_ms": _int_rule(0),
     "export_window": _int_rule(1),
+    "export_stall_timeout": _float_rule(0, strict=True),
     "socket_grace_period": _float_rule(0, strict=False),
     "import_drain_grace": _float_rule(0, strict=False),
     "max_consecutive_errors": _int_rule(1),
     "metrics_enabled": _BOOL,
     "queue_stats_on_shutdown": _BOOL,
     "broker_metrics_port": _int_rule(0, 65535),
+    "broker_probe_interval": _float_rule(0, strict=True),
+    "broker_unready_after": _float_rule(0, strict=False),
 }
 
+# What each setting does: the reference in docs/operations.md is rendered from this
+# (`quiesce config --reference`), and a test keeps the two the same.
+SETTING_DOCS: dict[str, str] = {
+    "host": (
+        "listen address"
+    ),
+    "port": (
+        "listen port; 0 for any"
+    ),
+    "pulsar_url": (
+        "external broker; unset starts the embedded one"
+    ),
+    "data_dir": (
+        "embedded broker storage"
+    ),
+    "shutdown_timeout": (
+        "bound of the whole drain after SIGTERM/SIGINT, seconds"
+    ),
+    "secret": (
+        "token required by WebSockets and `/metrics`"
+    ),
+    "tokens_file": (
+        "TOML file of scoped tokens (see Auth); reloaded on SIGHUP"
+    ),
+    "log_format": (
+        "`text` or `json` (one object per line)"
+    ),
+    "log_level": (
+        "`debug`, `info`, `warning`, `error`"
+    ),
+    "max_message_bytes": (
+        "largest frame; a bigger one closes the socket with 1009"
+    ),
+    "profile": (
+        "TrustGraph generation: `tg1` (1.x) or `tg2` (2.x); fixes the Pulsar payload, the "
+        "default topics and the export format ([contract](contract.md#profiles-which-"
+        "trustgraph))"
+    ),
+    "topic_template": (
+        "topic of (flow, kind) with `{kind}`, `{interface}`, `{flow}`, `{workspace}`; unset: "
+        "TrustGraph's own topics for the profile (`persistent://tg/flow/triples-store:{flow}`…)"
+    ),
+    "publisher_max_queue_size": (
+        "frames in flight (unconfirmed) per import connection; past it the gateway stops "
+        "reading the socket"
+    ),
+    "publisher_drain_timeout": (
+        "how long an import connection waits for broker confirmations when it ends"
+    ),
+    "producer_flush_timeout": (
+        "bound on closing (flushing) a producer"
+    ),
+    "producer_batching": (
+        "batch messages in the producer; confirmations stay per message"
+    ),
+    "producer_batch_delay_ms": (
+        "longest a frame waits for its batch (Pulsar's default); receipts come up to this much "
+        "later"
+    ),
+    "subscriber_max_queue_size": (
+        "messages taken from Pulsar and not yet written, per export connection"
+    ),
+    "subscriber_prefetch_bytes": (
+        "bytes an export connection's consumer may prefetch: its receiver queue is this over "
+        "the topic's expected message size, between 1 and 1000 messages (1000 connections: at "
+        "most ~2 GB prefetched while sizes are as expected; see "
+        "[performance](performance.md#prefetch-by-bytes))"
+    ),
+    "subscriber_drain_timeout": (
+        "how long a server drain waits for an `ack=client` export to ack"
+    ),
+    "default_backpressure": (
+        "`block`, `drop_oldest` or `drop_new`, when `backpressure=` is not given"
+    ),
+    "nack_redelivery_delay_ms": (
+        "delay before a nacked message comes again"
+    ),
+    "export_window": (
+        "default `window=` for `ack=client`"
+    ),
+    "export_stall_timeout": (
+        "an export whose client took nothing for this long (no socket write went through; with "
+        "`ack=client` and frames in flight, no ack came) is closed with 1008 and what it held "
+        "is nacked"
+    ),
+    "socket_grace_period": (
+        "time allowed for the close handshake; then the TCP connection is dropped"
+    ),
+    "import_drain_grace": (
+        "on SIGTERM, how long an import whose client is still sending keeps taking frames (it "
+        "stops as soon as the client closes or is quiet for 0.5 s)"
+    ),
+    "max_consecutive_errors": (
+        "consecutive broker refusals after which an import connection closes with 1011"
+    ),
+    "metrics_enabled": (
+        "serve `/metrics`"
+    ),
+    "queue_stats_on_shutdown": (
+        "log connection and queue counts when the process stops"
+    ),
+    "broker_metrics_port": (
+        "embedded broker's own metrics on loopback; 0 disables them"
+    ),
+    "broker_probe_interval": (
+        "how often the gateway asks the broker a question (a lookup), seconds"
+    ),
+    "broker_unready_after": (
+        "`/readyz` answers 503 once the broker has not answered for this long"
+    ),
+}
+
+
 _INVALID = object()
+
+
+def render_reference() -> str:
+    """The settings reference as a Markdown table: setting, default, meaning.
+
+    ``docs/operations.md`` holds this table between ``<!-- settings:begin -->`` and
+    ``<!-- settings:end -->``; ``quiesce config --reference`` prints it.
+    """
+    defaults = Settings()
+    lines = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name in _RULES:
+        value = getattr(defaults, name)
+        if value is None:
+            shown = "unset"
+        elif isinstance(value, bool):
+            shown = f"`{str(value).lower()}`"
+        else:
+            shown = f"`{value}`"
+        lines.append(f"| `{name}` | {shown} | {SETTING_DOCS[name]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _flag_name(name: str) -> str:

@@ -81,7 +81,9 @@ def error_frame(code: ErrorCode, detail: str, seq: int | None = None) -> str:
     """``{"error": {"seq": seq, "code": code, "detail": detail}}`` (no ``seq`` when None)."""
     body: dict[str, object] = {} if seq is None else {"seq": seq}
     body["code"] = str(code)
-    body["detail"] = detail
+    # Strict JSON out: a lone surrogate from a client's frame, echoed in a detail, would become
+    # a "\\ud800" escape no strict parser reads; it is spelled out as text instead.
+    body["detail"] = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return json.dumps({"error": body}, separators=(",", ":"))
 
 

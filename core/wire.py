@@ -27,12 +27,34 @@ This runs once per frame on the import hot path, so validation has two halves:
 "Document order" means: the fields present in an object are checked in the order they appear in
 the text, and required fields that are missing are reported at the object's end, in the order
 the format lists them.
+
+Strict JSON (``loads_strict``). What is published is the frame's own text, and TrustGraph's
+processors (and any strict parser) must read it, so a frame is accepted only if orjson, a strict
+parser, accepts it *and* no object in it repeats a key (orjson keeps the last value; another
+reader may keep the first). Nesting is bounded by `MAX_DEPTH`, sizes by the WebSocket layer
+(``max_message_bytes``, before any parsing). The parse has two halves as well:
+
+* the hot path is orjson's parse plus a duplicate-key test that costs two ``count`` calls and
+  one ``orjson.dumps``: every ``:`` outside a string in the text separates one member, and
+  ``dumps`` writes each member of the parsed value once, with the strings' own colons as they
+  were. Without duplicates the text and ``dumps`` hold the same number of colons; a duplicate
+  adds at least one to the text (its separator) that ``dumps`` lacks. Only a ``\\u003a``
+  escape (a colon the text spells without one) breaks the count, so a text with such an escape
+  takes the slow half. ``dumps`` also refuses more than `MAX_DEPTH` levels, which bounds depth
+  for free;
+* anything orjson refuses, and anything the count flags, is parsed again by the stdlib with
+  hooks that keep every member, ``NaN``/``Infinity`` and out-of-range numbers as markers; a
+  walk in document order then names the first problem with its path (``triples[0].o.v: lone
+  surrogate \\ud800``, ``duplicate key 'triples'``, ``metadata.id: NaN is not JSON``). That
+  walk only explains a refusal or clears a false alarm of the count: it never accepts what
+  orjson refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,21 +62,31 @@ import orjson
 
 from quiesce.core.errors import InvalidMessage
 
-__all__ = ["KINDS", "parse", "validate", "validate_object"]
+__all__ = ["KINDS", "MAX_DEPTH", "loads_strict", "validate", "validate_object"]
 
 KINDS: tuple[str, ...] = ("triples", "graph-embeddings", "document-embeddings", "entity-contexts")
 
+# The deepest nesting of arrays and objects accepted: what orjson can serialise again (it
+# refuses 255 levels). TrustGraph's messages nest about 6 levels (2.x quoted triples 2 more
+# per quotation), so only a hostile frame comes near it.
+MAX_DEPTH = 254
+
 _loads = json.loads
 _JSONDecodeError = json.JSONDecodeError
-# orjson parses a 1.2 KB frame in ~60 % of the stdlib's time, on the import hot path. It is
-# stricter than the stdlib (no NaN, no lone surrogates…), so anything it refuses is parsed
-# again by the stdlib, which then gives the stdlib's value or the error message users see.
-# One difference remains on success: an integer past 64 bits comes back as a float. Both are
-# numbers to the validator, and what is published is the frame's own text, so the outcome of
-# an import never changes.
+# orjson parses a 1.2 KB frame in ~60 % of the stdlib's time, on the import hot path, and is
+# strict (no NaN, no lone surrogates, no number beyond a double). What it refuses is refused;
+# the stdlib parses it again only to name the problem (see the module docstring). An integer
+# past 64 bits comes back as a float: both are numbers to the validator, and what is published
+# is the frame's own text, so the outcome of an import never changes.
 _fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
 _FastDecodeError = orjson.JSONDecodeError
+_FastEncodeError = orjson.JSONEncodeError
 _NUMBER_TYPES = frozenset((int, float))
+# A code point the stdlib left unpaired: valid surrogate pairs are combined when parsed.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Longest key or number quoted back in an error detail.
+_QUOTE_LIMIT = 40
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,24 +365,6 @@ def validate_object(kind: str, obj: object) -> dict[str, Any]:
     return cast("dict[str, Any]", obj)
 
 
-def parse(text: str | bytes) -> Any:
-    """Parse one client frame's JSON.
-
-    Raises:
-        InvalidMessage: the payload is not UTF-8 (``not UTF-8: ...``) or not JSON (``not
-            JSON: ...``).
-    """
-    if not isinstance(text, str):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        return _fast_loads(text)
-    except _FastDecodeError:
-        return _parse_slowly(text)
-
-
 def validate(kind: str, text: str | bytes) -> dict[str, Any]:
     """Parse and validate one client frame.
 
@@ -367,7 +381,7 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
         KeyError: ``kind`` is not one of `KINDS` (a programming error).
     """
     fast = _fast_for(kind)
-    obj = parse(text)
+    obj = loads_strict(text)
     if type(obj) is dict and fast(obj):
         return obj
     problem = _diagnose(kind, obj)
@@ -376,15 +390,158 @@ def validate(kind: str, text: str | bytes) -> dict[str, Any]:
     return cast("dict[str, Any]", obj)
 
 
-def _parse_slowly(text: str) -> Any:
-    """The stdlib's parse, with its error turned into an ``InvalidMessage``."""
+def loads_strict(text: str | bytes) -> Any:
+    """Parse a client frame as strict JSON (RFC 8259, I-JSON's unique keys).
+
+    Args:
+        text: the frame; ``bytes`` must be UTF-8.
+
+    Returns:
+        The decoded value. Everything accepted parses, with the same value, under orjson.
+
+    Raises:
+        InvalidMessage: the frame is not UTF-8 (``not UTF-8: …``) or not JSON (``not JSON:
+            …``), holds ``NaN``/``Infinity``, a number beyond a double, a lone surrogate (in a
+            key or a string), a key twice in one object, or more than `MAX_DEPTH` levels; the
+            detail names the first such problem in document order and its path.
+    """
+    if not isinstance(text, str):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return _loads(text)
+        obj = _fast_loads(text)
+    except _FastDecodeError as exc:
+        raise InvalidMessage(_strict_problem(text) or f"not JSON: {exc}") from None
+    if _maybe_duplicates(text, obj):
+        problem = _strict_problem(text)
+        if problem is not None:
+            raise InvalidMessage(problem)
+    return obj
+
+
+def _maybe_duplicates(text: str, obj: Any) -> bool:
+    """False when ``obj`` certainly holds every member written in ``text`` (see the module
+    docstring); True when it may not, or nests deeper than `MAX_DEPTH`."""
+    try:
+        again = _fast_dumps(obj)
+    except _FastEncodeError:
+        return True
+    if text.count(":") != again.count(b":"):
+        return True
+    # A colon spelled \u003a (or \u003A) is one that dumps writes and the text does not.
+    return "\\" in text and "\\u003" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Strict diagnosis: the stdlib's parse with every member kept, then a walk in document order.
+# --------------------------------------------------------------------------------------------
+
+
+class _Members(list[tuple[str, Any]]):
+    """An object's members as written, duplicates included (``object_pairs_hook``)."""
+
+
+class _NotJson:
+    """A literal the stdlib accepts and JSON does not: ``NaN``, ``Infinity``, ``-Infinity``."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+class _OutOfRange:
+    """A number literal beyond a double's range (orjson refuses it; json.loads would not)."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _parse_float(literal: str) -> float | _OutOfRange:
+    value = float(literal)
+    return _OutOfRange(literal) if math.isinf(value) else value
+
+
+def _parse_int(literal: str) -> int | _OutOfRange:
+    # float() first: it has no digit limit, and a literal too long for int() is out of range.
+    if len(literal) > 300 and math.isinf(float(literal)):
+        return _OutOfRange(literal)
+    return int(literal)
+
+
+def _strict_problem(text: str) -> str | None:
+    """The first reason ``text`` is not strict JSON, in document order, or None."""
+    try:
+        tree = _loads(
+            text,
+            object_pairs_hook=_Members,
+            parse_constant=_NotJson,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
     except _JSONDecodeError as exc:
-        raise InvalidMessage(
-            f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except ValueError as exc:  # e.g. an integer literal over sys.get_int_max_str_digits()
-        raise InvalidMessage(f"not JSON: {exc}") from None
+        return f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except RecursionError:
-        raise InvalidMessage("not JSON: nested too deeply") from None
+        return f"nested deeper than {MAX_DEPTH} levels"
+    except ValueError as exc:  # not expected with the hooks above; a clear refusal all the same
+        return f"not JSON: {exc}"
+    return _first_problem(tree, (), 0)
+
+
+def _quote(text: str) -> str:
+    """``text`` in quotes for a detail: surrogates spelled out, at most ``_QUOTE_LIMIT``."""
+    shown = text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+    return "'" + shown.encode("utf-8", "backslashreplace").decode("utf-8") + "'"
+
+
+def _at(path: _Path) -> str:
+    """``path: `` before a detail, or nothing at the top level; long keys shortened."""
+    if not path:
+        return ""
+    short = tuple(p if isinstance(p, int) or len(p) <= _QUOTE_LIMIT else p[:_QUOTE_LIMIT] + "..."
+                  for p in path)
+    return _format_path(short) + ": "
+
+
+def _surrogate(text: str) -> str | None:
+    """The first lone surrogate in ``text``, spelled ``\\udXXX``, or None."""
+    match = _SURROGATE.search(text)
+    return None if match is None else f"\\u{ord(match.group()):04x}"
+
+
+def _first_problem(x: object, path: _Path, depth: int) -> str | None:
+    """The first strict-JSON problem in the stdlib's parse ``x`` (at ``path``), or None.
+
+    ``depth`` counts the arrays and objects around ``x``; recursion stops past `MAX_DEPTH`.
+    """
+    t = type(x)
+    if t is _Members or t is list:
+        if depth >= MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if t is list:
+            for i, y in enumerate(cast("list[Any]", x)):
+                problem = _first_problem(y, (*path, i), depth + 1)
+                if problem is not None:
+                    return problem
+            return None
+        seen: set[str] = set()
+        for key, value in cast("_Members", x):
+            lone = _surrogate(key)
+            if lone is not None:
+                return f"{_at(path)}lone surrogate {lone} in key {_quote(key)}"
+            if key in seen:
+                return f"{_at(path)}duplicate key {_quote(key)}"
+            seen.add(key)
+            problem = _first_problem(value, (*path, key), depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if t is str:
+        lone = _surrogate(cast("str", x))
+        return None if lone is None else f"{_at(path)}lone surrogate {lone}"
+    if t is _NotJson:
+        return f"{_at(path)}{cast('_NotJson', x).literal} is not JSON"
+    if t is _OutOfRange:
+        literal = cast("_OutOfRange", x).literal
+        return f"{_at(path)}number out of range: {_quote(literal)[1:-1]}"
+    return None

@@ -6,6 +6,7 @@ the outcomes (the close code, forced or graceful, finished or not).
 """
 
 from quiesce.machines._base import Lifecycle
+from quiesce.machines.broker import BrokerMachine
 from quiesce.machines.connection import ConnectionMachine
 from quiesce.machines.delivery import DeliveryLedger
 from quiesce.machines.receipts import ReceiptLedger, Rejection
@@ -14,6 +15,7 @@ from quiesce.machines.worker import Ledger, WorkerMachine
 
 __all__ = [
     "ALL_MACHINES",
+    "BrokerMachine",
     "ConnectionMachine",
     "DeliveryLedger",
     "Ledger",
@@ -29,4 +31,5 @@ ALL_MACHINES: tuple[type[Lifecycle], ...] = (
     SupervisorMachine,
     ConnectionMachine,
     WorkerMachine,
+    BrokerMachine,
 )

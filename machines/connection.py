@@ -6,7 +6,7 @@ records what the close must be::
     opening --opened [no drain requested]--> running
     opening --opened [drain requested]-----> draining
     opening --open_failed--> draining                      (no producer/consumer: 1011)
-    running --client_closed | peer_lost | frame_too_big | failed
+    running --client_closed | peer_lost | frame_too_big | failed | stalled
               | server_drain [no grace] | finished--> draining
     running --server_drain [grace]--> running         (an import keeps taking frames…)
     running --quiet [drain requested]--> draining      (…until its client goes quiet)
@@ -74,6 +74,7 @@ class ConnectionMachine(Lifecycle):
         | stays(closing)
     )
     finished = running.to(draining, on="note_finished")
+    stalled = running.to(draining, on="note_stalled")
     quiet = running.to(draining, cond="stop_requested")
     server_drain = (
         stays(opening, on="note_server_drain")
@@ -102,6 +103,7 @@ class ConnectionMachine(Lifecycle):
         self.too_big = False  # a frame over the size limit (the library closed with 1009)
         self.failure = False  # broker or internal error
         self.complete = False  # until=end: the backlog was delivered
+        self.stall = False  # an export client stopped taking what it was sent
         self.cut = False  # the supervisor's shutdown deadline passed
         self.forced = False  # the close is forced: a deadline cut the drain
         super().__init__()
@@ -138,6 +140,10 @@ class ConnectionMachine(Lifecycle):
         """An ``until=end`` export delivered its backlog."""
         self.complete = True
 
+    def note_stalled(self) -> None:
+        """An export client took nothing (no write went through, no ack came) for too long."""
+        self.stall = True
+
     def note_server_drain(self) -> None:
         """The server is draining (SIGTERM/SIGINT)."""
         self.stop_requested = True
@@ -169,13 +175,16 @@ class ConnectionMachine(Lifecycle):
     def close_code(self) -> CloseCode | None:
         """Outcome: the close code to send; None means echo the client's own close frame.
 
-        1011 when forced or failed, 1009 after a frame too big, the client's own code when
-        it closed first, 1001 when the server drains, 1000 otherwise (finished, or done).
+        1011 when forced or failed, 1009 after a frame too big, 1008 for a stalled export
+        client, the client's own code when it closed first, 1001 when the server drains,
+        1000 otherwise (finished, or done).
         """
         if self.forced or self.failure:
             return CloseCode.INTERNAL
         if self.too_big:
             return CloseCode.TOO_BIG
+        if self.stall:
+            return CloseCode.POLICY
         if self.client_gone:
             return None
         if self.stop_requested:

@@ -31,8 +31,9 @@ from typing import Generic, TypeVar
 
 import orjson
 
-from quiesce.core.errors import InvalidAck
+from quiesce.core.errors import InvalidAck, InvalidMessage
 from quiesce.core.protocol import Backpressure
+from quiesce.core.wire import loads_strict
 
 M = TypeVar("M")
 # A message's full id: (ledger, entry, batch index, partition).
@@ -183,9 +184,10 @@ class DeliveryLedger(Generic[M]):
         if len(frame) > MAX_ACK_FRAME:
             raise InvalidAck(f"frame of {len(frame)} bytes: an ack is at most {MAX_ACK_FRAME}")
         try:
-            obj = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidAck(f"not JSON: {exc}") from None
+            # Strict, as import frames: {"ack": 1, "ack": 9} is refused, not read as 9.
+            obj = loads_strict(frame)
+        except InvalidMessage as exc:
+            raise InvalidAck(exc.detail) from None
         if type(obj) is not dict or "ack" not in obj:
             raise InvalidAck('expected {"ack": N}')
         n = obj["ack"]

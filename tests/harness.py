@@ -16,7 +16,10 @@ the repository root on ``sys.path``). Each helper exists once:
 * `ImportClient`, `open_import`, `import_frames`, `import_path`: an import WebSocket with
   receipts, its ``{"ack": N}`` and error frames collected;
 * `http_get`, `metric_samples`, `expect_status`, `refused_status`: plain HTTP and what
-  /metrics says, and handshakes refused with HTTP.
+  /metrics says, and handshakes refused with HTTP;
+* `command_process`, `wait_count`: a ``quiesce import``/``export`` (any command) as a child
+  process, and a wait on a number in its output; `import_files`, `export_flow`, `Watch`:
+  the same runs inside the test's Trio loop, and how far they got.
 
 Nothing here sleeps to synchronise, except the polling of a starting process's port. Test data
 (`sample_message` and friends) lives in ``tests/data.py``.
@@ -48,6 +51,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
 from websockets.trio.client import ClientConnection, connect
 
+from quiesce.client.exporter import Exporter, ExportOptions, ExportReport, default_subscription
+from quiesce.client.importer import Importer, ImportOptions, ImportReport, prepare_import
+from quiesce.client.sources import SourceOptions
+from quiesce.client.writers import open_writer
 from quiesce.core import convert
 from quiesce.core.config import Settings
 from quiesce.core.profiles import INTERFACES, Profile
@@ -60,11 +67,15 @@ __all__ = [
     "Listening",
     "PublishFailed",
     "TopicRead",
+    "Watch",
     "clean_env",
+    "command_process",
     "expect_status",
+    "export_flow",
     "free_port",
     "gateway_process",
     "http_get",
+    "import_files",
     "import_frames",
     "import_path",
     "message_key",
@@ -81,6 +92,7 @@ __all__ = [
     "start_gateway",
     "stop_process",
     "topic_of",
+    "wait_count",
     "wait_for_port",
     "ws_url",
 ]
@@ -947,3 +959,132 @@ async def expect_status(url: str, status: int) -> None:
     """Assert that the WebSocket handshake at ``url`` is refused with HTTP ``status``."""
     response = await _refusal(url)
     assert response.status_code == status, response.body
+
+
+# ---------------------------------------------------------------- quiesce commands as processes
+
+
+def command_process(*args: str, cwd: Path | None = None,
+                    env: Mapping[str, str] | None = None) -> GatewayProcess:
+    """Start ``python -m quiesce.supervisor ARGS…`` (``import``, ``export``…) without waiting.
+
+    Its output (stderr, with stdout merged in) is read line by line as a gateway's is, so a test
+    waits on a line with `GatewayProcess.wait_line_async`, on the exit with
+    `GatewayProcess.wait_exit_async`, and ends it with `GatewayProcess.stop` (grace 0: SIGKILL).
+    ``QUIESCE_*`` variables are removed from its environment, then ``env`` is added.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quiesce.supervisor", *args], cwd=cwd, env=clean_env(env),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    return GatewayProcess(process)
+
+
+async def wait_count(process: GatewayProcess, pattern: str, at_least: int) -> int:
+    """Wait for an output line where ``pattern``'s first group, a number, is ``at_least``.
+
+    Bound it with ``trio.fail_after``. Returns the number found.
+
+    Raises:
+        RuntimeError: the process's output ended first.
+    """
+    start = 0
+    while True:
+        match = await process.wait_line_async(pattern, start)
+        start = process.lines.index(match.string, start) + 1
+        if int(match.group(1)) >= at_least:
+            return int(match.group(1))
+
+
+# ---------------------------------------------------------------- quiesce import/export in process
+
+
+class Watch:
+    """A `quiesce.client.progress.Progress` that tests read: the count so far and every note.
+
+    `reached` lets a test wait, without sleeping, until a run got that far.
+
+    Attributes:
+        completed: the last count reported.
+        total: the total announced by ``start``.
+        notes: every note, in order.
+    """
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.total: int | None = None
+        self.notes: list[str] = []
+        self._changed = trio.Event()
+
+    def start(self, description: str, total: int | None, completed: int = 0) -> None:
+        """Record the total and the starting count."""
+        self.total = total
+        self.update(completed)
+
+    def update(self, completed: int) -> None:
+        """Record the count and wake the waiters."""
+        self.completed = completed
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def note(self, text: str) -> None:
+        """Keep the note."""
+        self.notes.append(text)
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def reached(self, count: int) -> None:
+        """Wait until the count is at least ``count`` (bound it with ``trio.fail_after``)."""
+        while self.completed < count:
+            await self._changed.wait()
+
+
+async def import_files(gateway: Listening, flow: str, paths: Sequence[Path | str], *,
+                       watch: Watch | None = None, stop: trio.Event | None = None,
+                       **options: Any) -> ImportReport:
+    """Run ``quiesce import`` in this process against ``gateway``; return its report.
+
+    Args:
+        gateway: the gateway (in process or a process of its own).
+        flow: the flow.
+        paths: the inputs.
+        watch: the progress reporter; a fresh `Watch` when None.
+        stop: set it to stop the run as Ctrl-C does.
+        **options: `ImportOptions` fields; ``source`` options (``wire``, ``batch``…) may be
+            given here too.
+    """
+    source_fields = {f for f in SourceOptions.__dataclass_fields__ if f != "kind"}
+    source = {k: options.pop(k) for k in list(options) if k in source_fields}
+    kind = options.get("kind", "triples")
+    import_options = ImportOptions(url=f"ws://127.0.0.1:{gateway.port}", flow=flow,
+                                   source=SourceOptions(kind=kind, **source), **options)
+    inputs = prepare_import(import_options, [str(p) for p in paths])
+    importer = Importer(import_options, inputs, watch or Watch())
+    with trio.fail_after(LONG):
+        return await importer.run(stop)
+
+
+async def export_flow(gateway: Listening, flow: str, out: Path, fmt: str = "jsonl", *,
+                      watch: Watch | None = None, **options: Any) -> ExportReport:
+    """Run ``quiesce export --until-end`` in this process into ``out``; return its report.
+
+    Args:
+        gateway: the gateway.
+        flow: the flow.
+        out: the output file (appended to).
+        fmt: jsonl, nt, nq or ttl.
+        watch: the progress reporter; a fresh `Watch` when None.
+        **options: `ExportOptions` fields (``until_end`` is True unless given).
+    """
+    kind = options.setdefault("kind", "triples")
+    options.setdefault("until_end", True)
+    options.setdefault("subscription", default_subscription(flow, kind, out))
+    export_options = ExportOptions(url=f"ws://127.0.0.1:{gateway.port}", flow=flow,
+                                   out=str(out), **options)
+    writer = open_writer(fmt, out, kind)
+    try:
+        with trio.fail_after(LONG):
+            return await Exporter(export_options, writer, watch or Watch()).run()
+    finally:
+        writer.close()

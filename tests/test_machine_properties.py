@@ -22,6 +22,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from quiesce.core.errors import InvalidAck
 from quiesce.core.protocol import Backpressure, CloseCode, ErrorCode
 from quiesce.machines import (
+    BrokerMachine,
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
@@ -33,7 +34,7 @@ from quiesce.machines import (
 PROPERTY_SETTINGS = settings(max_examples=300, stateful_step_count=60, deadline=None)
 
 INTAKE_FACTS = ("client_closed", "peer_lost", "frame_too_big", "failed", "finished",
-                "server_drain", "deadline", "quiet")
+                "server_drain", "deadline", "quiet", "stalled")
 
 
 def declared_events(machine: Lifecycle) -> set[str]:
@@ -56,6 +57,7 @@ def machine_and_path(draw: st.DrawFn) -> tuple[Lifecycle, list[str]]:
         SupervisorMachine(),
         ConnectionMachine(WorkerMachine(ReceiptLedger(receipts=True, failure_cap=3))),
         WorkerMachine(ReceiptLedger(receipts=False, failure_cap=3)),
+        BrokerMachine(),
     ]))
     path = []
     for _ in range(draw(st.integers(0, 8))):
@@ -123,12 +125,14 @@ def import_story(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def expected_close_code(facts: set[str], forced: bool) -> CloseCode | None:
-    """CONTRACT §4: 1011 forced or failed, 1009 too big, the client's own code when it
-    closed, 1001 for a server drain, 1000 when done."""
+    """CONTRACT §4: 1011 forced or failed, 1009 too big, 1008 policy (a stalled client),
+    the client's own code when it closed, 1001 for a server drain, 1000 when done."""
     if forced or "failed" in facts or "open_failed" in facts:
         return CloseCode.INTERNAL
     if "frame_too_big" in facts:
         return CloseCode.TOO_BIG
+    if "stalled" in facts:
+        return CloseCode.POLICY
     if "client_closed" in facts:
         return None
     if "server_drain" in facts:

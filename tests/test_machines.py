@@ -11,6 +11,7 @@ from quiesce.core.errors import InvalidAck
 from quiesce.core.protocol import Backpressure, CloseCode, ErrorCode
 from quiesce.machines import (
     ALL_MACHINES,
+    BrokerMachine,
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
@@ -99,6 +100,7 @@ def test_a_worker_refuses_to_conclude_before_draining_and_to_drain_twice() -> No
         ("failed", CloseCode.INTERNAL),
         ("frame_too_big", CloseCode.TOO_BIG),
         ("finished", CloseCode.DONE),
+        ("stalled", CloseCode.POLICY),
         ("peer_lost", CloseCode.DONE),
     ],
 )
@@ -295,6 +297,20 @@ def test_the_supervisor_refuses_impossible_events() -> None:
     refused(machine, "exit")
 
 
+def test_a_broker_outage_turns_unready_only_when_it_lasts() -> None:
+    """Failed probes make the broker lost; only ``outage_long`` makes the gateway unready."""
+    machine = BrokerMachine()
+    machine.probe_failed()
+    machine.probe_failed()
+    assert machine.state == "lost" and machine.ready and not machine.up
+    machine.outage_long()
+    assert machine.state == "unready" and not machine.ready
+    refused(machine, "outage_long")
+    machine.probe_ok()
+    assert machine.state == "connected" and machine.ready and machine.up
+    refused(machine, "outage_long")
+
+
 def test_every_machine_class_is_strict() -> None:
     """Every lifecycle raises on an impossible event and lets callback errors propagate."""
     for cls in ALL_MACHINES:
@@ -404,7 +420,10 @@ def test_the_window_bounds_what_is_written_and_acks_release_it() -> None:
     [
         ("nope", r"^not JSON: "),
         ("[" * 5000, r"^frame of 5000 bytes"),
-        ("[" * 1000, r"^not JSON: "),
+        ("[" * 1000, r"^nested deeper than 254 levels$"),
+        ('{"ack": 1, "ack": 2}', r"^duplicate key 'ack'$"),
+        ('{"ack": NaN}', r"^ack: NaN is not JSON$"),
+        ('{"\\ud800": 1}', r"^lone surrogate \\ud800 in key '\\ud800'$"),
         ('{"ack": 1.5}', r"^ack must be an integer, got 1\.5$"),
         ('{"ack": 9}', r"^ack 9 is beyond the last seq sent \(2\)$"),
         ('{"seq": 1}', r'^expected \{"ack": N\}$'),

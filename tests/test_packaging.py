@@ -28,7 +28,8 @@ def test_the_wheel_holds_one_top_level_package_and_the_console_script(tmp_path: 
     print(f"\n{wheel.name}: {len(names)} files, top level {sorted(tops)}")
     assert {top for top in tops if not top.endswith(".dist-info")} == {"quiesce"}
     for module in ("quiesce/supervisor.py", "quiesce/actors/connection.py",
-                   "quiesce/machines/connection.py", "quiesce/core/protocol.py"):
+                   "quiesce/machines/connection.py", "quiesce/core/protocol.py",
+                   "quiesce/client/cli.py"):
         assert module in names
     assert not any(name.startswith(("quiesce/tests/", "quiesce/bench/")) for name in names)
     assert "quiesce = quiesce.supervisor:main" in scripts

@@ -65,7 +65,7 @@ def test_the_machines_package_has_modules_to_check() -> None:
     """The scan finds the machine modules, so an empty glob cannot pass silently."""
     names = {path.name for path in MACHINE_FILES}
     assert {"__init__.py", "_base.py", "connection.py", "worker.py"} <= names
-    assert {"supervisor.py", "receipts.py", "delivery.py"} <= names
+    assert {"supervisor.py", "receipts.py", "delivery.py", "broker.py"} <= names
 
 
 @pytest.mark.parametrize("path", MACHINE_FILES, ids=lambda p: p.name)
@@ -122,6 +122,6 @@ def test_every_machine_class_is_strict(cls: type[Lifecycle]) -> None:
 
 def test_every_machine_derives_from_the_strict_base() -> None:
     """Every machine in ``ALL_MACHINES`` inherits the strict ``Lifecycle`` settings."""
-    assert len(ALL_MACHINES) == 3
+    assert len(ALL_MACHINES) == 4
     for cls in ALL_MACHINES:
         assert issubclass(cls, Lifecycle)

@@ -164,9 +164,10 @@ def test_integer_and_extreme_finite_numbers_are_valid(vector: list[Any]) -> None
     assert validate_object("graph-embeddings", msg) is msg
 
 
-@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30, -(10**400)])
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30, -(10**308)])
 def test_integers_past_64_bits_in_a_frame_are_valid_numbers(number: int) -> None:
-    """A frame with an integer too big for 64 bits validates (its text is what is published)."""
+    """A frame with an integer past 64 bits but within a double validates (as orjson reads it:
+    its text is what is published); one past a double is refused (see below)."""
     msg = sample_message("graph-embeddings")
     msg["entities"][0]["vectors"] = [[number, 1.0]]
     parsed = validate("graph-embeddings", json.dumps(msg))
@@ -247,16 +248,38 @@ def test_not_utf8(kind: str, data: bytes, detail: str) -> None:
         validate(kind, data)
 
 
-def test_deep_nesting_is_not_json() -> None:
+def test_deep_nesting_is_rejected() -> None:
     """Nesting deep enough to exhaust the parser's recursion is rejected, not a crash."""
-    with pytest.raises(InvalidMessage, match=exact("not JSON: nested too deeply")):
+    with pytest.raises(InvalidMessage, match=exact("nested deeper than 254 levels")):
         validate("triples", "[" * 200_000)
 
 
-def test_oversized_integer_literal_is_not_json() -> None:
-    """An integer literal over Python's digit limit is rejected as not JSON."""
-    with pytest.raises(InvalidMessage, match=r"^not JSON: "):
-        validate("triples", "1" * 10_000)
+@pytest.mark.parametrize("depth", [255, 900, 1024, 1025, 5000])
+def test_nesting_past_the_bound_is_rejected_whatever_parses_it(depth: int) -> None:
+    """Closed nesting past MAX_DEPTH is rejected, inside orjson's limit (1024) or past it."""
+    text = '{"metadata": ' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(InvalidMessage, match=exact("nested deeper than 254 levels")):
+        validate("triples", text)
+
+
+def test_nesting_up_to_the_bound_is_parsed() -> None:
+    """MAX_DEPTH levels of nesting in an extra field parse (and then only the schema counts)."""
+    msg = sample_message("triples")
+    text = json.dumps(msg)[:-1] + ', "x": ' + "[" * 253 + "]" * 253 + "}"
+    assert wire.loads_strict(text)["metadata"] == msg["metadata"]
+    assert validate("triples", text)["triples"] == msg["triples"]
+
+
+@pytest.mark.parametrize(
+    ("literal", "shown"),
+    [("1" * 10_000, "1" * 37 + "..."), ("1e400", "1e400"), ("-2e308", "-2e308")],
+)
+def test_numbers_beyond_a_double_are_rejected(literal: str, shown: str) -> None:
+    """A number literal beyond a double (orjson refuses it) is rejected naming it."""
+    text = json.dumps(sample_message("triples")).replace('"Alpha 0"', literal)
+    detail = f"triples[1].o.v: number out of range: {shown}"
+    with pytest.raises(InvalidMessage, match=exact(detail)):
+        validate("triples", text)
 
 
 @pytest.mark.parametrize(
@@ -445,11 +468,11 @@ def test_bool_is_not_a_number(kind: str, value: bool) -> None:
 @pytest.mark.parametrize("kind", ["graph-embeddings", "document-embeddings"])
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_are_rejected(kind: str, literal: str) -> None:
-    """NaN and ±Infinity, which json.loads accepts, are rejected as not finite numbers."""
+    """NaN and ±Infinity, which json.loads accepts, are rejected as not JSON, at their path."""
     path = f"{LIST_FIELD[kind]}[0].vectors[0][5]"
     text = json.dumps(set_at(sample_message(kind), path, "@@"))
     text = text.replace('"@@"', literal)
-    with pytest.raises(InvalidMessage, match=exact(f"{path}: expected a finite number")):
+    with pytest.raises(InvalidMessage, match=exact(f"{path}: {literal} is not JSON")):
         validate(kind, text)
 
 
@@ -631,13 +654,15 @@ def test_one_wrong_leaf_is_rejected_at_its_path(
     target[path[-1]] = bad
     where = format_path(path)
     if expected == "number" and isinstance(bad, float):
+        # A decoded NaN is a wrong number; written out, it is not even JSON.
         detail = f"{where}: expected a finite number"
+        text_detail = f"{where}: {json.dumps(bad)} is not JSON"
     else:
-        detail = f"{where}: expected {expected}, got {wire._json_type(bad)}"
+        detail = text_detail = f"{where}: expected {expected}, got {wire._json_type(bad)}"
     with pytest.raises(InvalidMessage) as info:
         validate(kind, json.dumps(msg))
     assert info.value.detail.startswith(where + ": ")
-    assert info.value.detail == detail
+    assert info.value.detail == text_detail
     with pytest.raises(InvalidMessage, match=exact(detail)):
         validate_object(kind, msg)
 

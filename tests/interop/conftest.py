@@ -38,7 +38,7 @@ import pytest
 import trio
 
 from quiesce.core.config import Settings
-from tests.conftest import read_topic
+from tests.harness import read_topic
 from tests.interop.envs import TgEnv, ensure_env
 
 HERE = Path(__file__).parent
