@@ -20,6 +20,7 @@ import trio.testing
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
+from quiesce.actors import subscriber as subscriber_module
 from quiesce.actors.broker import open_broker
 from quiesce.actors.subscriber import Subscriber
 from quiesce.core.config import Settings
@@ -27,7 +28,14 @@ from quiesce.core.protocol import Direction, Position
 from quiesce.core.routes import Route
 from quiesce.supervisor import Supervisor
 from tests.data import sample_message
-from tests.harness import publish_messages, to_payload, topic_of, ws_url
+from tests.harness import (
+    import_frames,
+    import_path,
+    publish_messages,
+    to_payload,
+    topic_of,
+    ws_url,
+)
 
 # Bound of a whole test's waits (generous: they only matter when something is wrong).
 LONG = 120.0
@@ -244,3 +252,34 @@ async def test_a_message_that_completes_a_receive_after_receiving_stopped_is_han
             again.ack(arrived)
             await again.stop_receiving()
             await again.aclose()
+
+
+async def test_an_export_is_sized_from_what_the_gateway_imported_without_a_probe(
+    gateway: Supervisor, flow: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames of ~256 KB imported through the gateway size the next export of their topic
+    (a queue of 7 or 8) with no reader probe: the gateway saw them go by."""
+    probes: list[str] = []
+    monkeypatch.setattr(subscriber_module, "_read_oldest_size",
+                        lambda client, topic: probes.append(topic))
+    caplog.set_level(logging.DEBUG, logger="quiesce.subscriber")
+    messages = [large_message(i) for i in range(3)]
+    for message in messages:
+        message["triples"][0]["o"]["v"] = message["triples"][0]["o"]["v"][:256 * 1024]
+    with trio.fail_after(LONG):
+        client = await import_frames(ws_url(gateway, import_path(flow, "triples")),
+                                     [json.dumps(m) for m in messages], max_size=None)
+        assert client.ack == 3
+        async with connect(ws_url(gateway, f"/api/v1/flow/{flow}/export/triples"
+                                           f"?subscription=s&position=earliest&until=end"),
+                           max_size=None) as ws:
+            frames = []
+            try:
+                while True:
+                    frames.append(json.loads(await ws.recv()))
+            except ConnectionClosed:
+                pass
+    queues = [r.args[0] for r in caplog.records if r.msg.startswith("subscribed with")]
+    assert [f["metadata"]["id"] for f in frames[:-1]] == [f"large-{i}" for i in range(3)]
+    assert probes == [] and len(queues) == 1 and 7 <= queues[0] <= 8
