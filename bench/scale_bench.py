@@ -39,6 +39,7 @@ or an exporter missed a frame.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -139,6 +140,7 @@ class Exporter:
     frames: int = 0
     last_at: float = 0.0
     failed: str | None = None
+    close_code: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -238,8 +240,8 @@ async def run_exporter(url: str, me: Exporter, limiter: trio.CapacityLimiter,
                 me.frames += 1
                 me.last_at = time.perf_counter()
                 await ws.send(f'{{"ack":{seq}}}')
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            me.close_code = exc.rcvd.code if exc.rcvd is not None else None
         nursery.cancel_scope.cancel()
 
 
@@ -396,6 +398,10 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
                if not i.clean and not i.failed]
     if unclean:
         print(f"  unclean import closes: {len(unclean)}, e.g. {'; '.join(unclean[:3])}")
+    short = collections.Counter(e.close_code for e in exporters
+                                if not e.complete and not e.failed)
+    if short:
+        print(f"  exporters that missed frames, by the server's close code: {dict(short)}")
     if failed:
         print(f"  sockets that could not connect: {len(failed)}, e.g. {failed[0]}")
     status = load.end_status
@@ -459,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         port, pid = on.gateway.port, on.gateway.pid
         load = trio.run(load_phase, port, pid, args)
         idle = trio.run(idle_phase, port, pid, args)
+        noteworthy = on.gateway.find(r" (WARNING|ERROR|CRITICAL) ")
     problems = report(args, load, idle, cores)
+    if noteworthy:
+        print(f"gateway log: {len(noteworthy)} warnings or errors, e.g.")
+        for line in noteworthy[:5]:
+            print(f"  {line[:300]}")
     if problems:
         print("FAILED: " + "; ".join(problems), file=sys.stderr)
         return 1
