@@ -48,11 +48,21 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from _common import CpuMeter, cpu_seconds, import_path, new_flow, rig
+from _common import (
+    CpuMeter,
+    cpu_seconds,
+    import_path,
+    new_flow,
+    publish,
+    rig,
+    stored_form,
+    topic_for,
+)
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.trio.client import connect
 
@@ -65,6 +75,11 @@ CONNECT_CONCURRENCY = 50
 SETTLE_S = 3.0
 # Load phase: how long after the last import frame was sent the exporters may take to finish.
 DRAIN_S = 60.0
+# Load phase: an exporter still short of frames this long after the last frame was sent,
+# and after this long without a frame, is stuck; one more frame is then published to its
+# flow ("nudge"), which tells a broker that dispatches nothing until the next publish (it
+# then catches up) from messages that are gone (it does not).
+NUDGE_AFTER_S = 15.0
 # Most time a whole run may take beyond the paced sending (a hang ends the benchmark).
 SLACK_S = 300.0
 # Opening handshake bound per socket (a gateway starved of CPU may take long to answer).
@@ -136,7 +151,9 @@ class Exporter:
     """What one export socket saw."""
 
     expected: int
+    flow: str = ""
     ids: set[str] = field(default_factory=set)
+    nudged: bool = False
     frames: int = 0
     last_at: float = 0.0
     failed: str | None = None
@@ -236,7 +253,9 @@ async def run_exporter(url: str, me: Exporter, limiter: trio.CapacityLimiter,
                 cut = frame.find(_MSG_SEP, 7)
                 seq = int(frame[7:cut])
                 start = frame.find('"id":"', cut) + 6
-                me.ids.add(frame[start:frame.find('"', start)])
+                frame_id = frame[start:frame.find('"', start)]
+                if frame_id.startswith("scale-"):
+                    me.ids.add(frame_id)
                 me.frames += 1
                 me.last_at = time.perf_counter()
                 await ws.send(f'{{"ack":{seq}}}')
@@ -245,14 +264,15 @@ async def run_exporter(url: str, me: Exporter, limiter: trio.CapacityLimiter,
         nursery.cancel_scope.cancel()
 
 
-async def load_phase(port: int, gw_pid: int, args: Any) -> Load:
+async def load_phase(port: int, gw_pid: int, args: Any,
+                     nudge: Callable[[str], None]) -> Load:
     """Run the load phase (see the module docstring)."""
     flows = [new_flow("scale") for _ in range(args.flows)]
     per_flow = [0] * args.flows
     for i in range(args.importers):
         per_flow[i % args.flows] += 1
     load = Load([Importer() for _ in range(args.importers)],
-                [Exporter(per_flow[i % args.flows] * args.frames)
+                [Exporter(per_flow[i % args.flows] * args.frames, flows[i % args.flows])
                  for i in range(args.exporters)])
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
     connected = trio.Semaphore(0)
@@ -268,8 +288,17 @@ async def load_phase(port: int, gw_pid: int, args: Any) -> Load:
     async def finish_exports() -> None:
         # Exporters stop once complete, or DRAIN_S after the last frame was sent.
         while not all(e.complete for e in load.exporters):
-            if load.last_send and time.perf_counter() > load.last_send + DRAIN_S:
+            now = time.perf_counter()
+            if load.last_send and now > load.last_send + DRAIN_S:
                 break
+            stuck = [e for e in load.exporters
+                     if load.last_send and not e.complete and not e.nudged
+                     and now > load.last_send + NUDGE_AFTER_S
+                     and now > e.last_at + NUDGE_AFTER_S / 3]
+            for flow in sorted({e.flow for e in stuck}):
+                await trio.to_thread.run_sync(nudge, flow)
+            for e in stuck:
+                e.nudged = True
             await trio.sleep(SAMPLE_S)
         exports_done.set()
 
@@ -402,6 +431,11 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
                                 if not e.complete and not e.failed)
     if short:
         print(f"  exporters that missed frames, by the server's close code: {dict(short)}")
+    nudged = [e for e in exporters if e.nudged]
+    if nudged:
+        print(f"  exporters stuck {NUDGE_AFTER_S:g} s after the last frame was sent: "
+              f"{len(nudged)}; complete after one more publish to their flow: "
+              f"{sum(e.complete for e in nudged)}")
     if failed:
         print(f"  sockets that could not connect: {len(failed)}, e.g. {failed[0]}")
     status = load.end_status
@@ -463,7 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 0
     with rig() as on:
         port, pid = on.gateway.port, on.gateway.pid
-        load = trio.run(load_phase, port, pid, args)
+
+        def nudge(flow: str) -> None:
+            message = sample_message(KIND)
+            message["metadata"]["id"] = f"nudge-{flow}"
+            publish(on.client, topic_for(flow, KIND), stored_form([json.dumps(message)]))
+
+        load = trio.run(load_phase, port, pid, args, nudge)
         idle = trio.run(idle_phase, port, pid, args)
         noteworthy = on.gateway.find(r" (WARNING|ERROR|CRITICAL) ")
     problems = report(args, load, idle, cores)
