@@ -4,12 +4,16 @@
   until an acknowledgement is sent to the broker"): called per message on the Trio thread it
   took 27 % of the export path's time in a py-spy profile, and it blocks the event loop. The
   binding (``_pulsar.Consumer``) has ``acknowledge_async``, which the wrapper does not expose.
+- ``Consumer.receive_async`` exists only in the binding (pulsar-client 3.9 and later): the
+  subscriber receives with it, without a thread (see ``actors/subscriber.py``). Messages then
+  come as the binding's ``_pulsar.Message``; the subscriber acks and nacks them through the
+  binding too, without wrapping each one.
 - ``Producer.send_async`` in the wrapper type-checks ten optional arguments per message
   before building the message; we build it with ``_pulsar.MessageBuilder`` directly.
 
-Both reach into the wrapper's ``_producer`` / ``_consumer`` / ``_message`` attributes; each
-function falls back to the public API if they are missing, so a future wrapper that renames
-them degrades to slower, not broken.
+They reach into the wrapper's ``_producer`` / ``_consumer`` attributes. ``send_async`` falls
+back to the public API if they are missing, so a future wrapper that renames them degrades
+to slower, not broken; receiving cannot, and ``consumer_binding`` says so.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ def send_async(producer: pulsar.Producer, payload: bytes,
     binding.send_async(builder.build(), callback)
 
 
-def acknowledge_async(consumer: pulsar.Consumer, message: pulsar.Message,
-                      callback: Callable[[Any], None]) -> None:
-    """Acknowledge ``message`` without waiting for the broker; ``callback(result)`` follows."""
+def consumer_binding(consumer: pulsar.Consumer) -> Any:
+    """The binding's consumer (``_pulsar.Consumer``) behind the wrapper's ``consumer``.
+
+    Raises:
+        TypeError: this pulsar-client has no binding consumer with ``receive_async``.
+    """
     binding = getattr(consumer, "_consumer", None)
-    raw = getattr(message, "_message", None)
-    if binding is None or raw is None:
-        consumer.acknowledge(message)
-        callback(pulsar.Result.Ok)
-        return
-    binding.acknowledge_async(raw, callback)
+    if binding is None or not hasattr(binding, "receive_async"):
+        raise TypeError(f"pulsar-client {getattr(pulsar, '__version__', '?')} has no "
+                        f"Consumer.receive_async in its binding: quiesce needs 3.9 or later")
+    return binding

@@ -16,7 +16,7 @@ import logging
 import socket
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 import pulsar
 import trio
 
+from quiesce.actors.subscriber import Arrivals
 from quiesce.core.errors import BrokerError, BrokerUnavailable
+from quiesce.core.prefetch import MessageSizes
 
 if TYPE_CHECKING:
     from quiesce.actors.metrics import Metrics
@@ -45,6 +47,10 @@ PROBE_TIMEOUT = 10.0
 CLIENT_CLOSE_TIMEOUT = 10.0
 # How long the embedded process gets to exit after SIGTERM before it is killed.
 PROCESS_STOP_TIMEOUT = 5.0
+# pulsar-client's threads: the I/O thread(s) and the listener thread(s) that complete pending
+# receives. Both are pulsar-client's defaults, stated: one of each serves every connection.
+PULSAR_IO_THREADS = 1
+PULSAR_LISTENER_THREADS = 1
 # The topic the probes look up (it need not exist: a lookup is answered either way).
 PROBE_TOPIC = "persistent://public/default/quiesce-readiness-probe"
 # Headroom the broker's own frame limit gets over max_message_bytes (the JSON is the payload;
@@ -83,11 +89,20 @@ class Broker:
         client: the one ``pulsar.Client`` of the process; its calls that block (creating a
             producer or a consumer, closing) must go through ``trio.to_thread.run_sync``.
         embedded: True when this process started the broker.
+        arrivals: the one hand-off of received messages from pulsar-client's listener
+            thread to Trio, for every subscriber (``actors/subscriber.py``).
+        message_sizes: the largest message seen lately per topic, which sizes the
+            consumers' prefetch (``core/prefetch.py``).
+        size_probes: topics whose oldest message a subscriber is reading now, to size its
+            prefetch (the others wait for its answer).
     """
 
     url: str
     client: pulsar.Client
     embedded: bool
+    arrivals: Arrivals = field(default_factory=Arrivals)
+    message_sizes: MessageSizes = field(default_factory=MessageSizes)
+    size_probes: dict[str, trio.Event] = field(default_factory=dict)
 
 
 def _free_loopback_port() -> int:
@@ -239,6 +254,10 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
         client = pulsar.Client(
             url,
             operation_timeout_seconds=30,
+            # Where received messages and ack results are handed over; every consumer shares
+            # them, so the thread count does not grow with the connections.
+            io_threads=PULSAR_IO_THREADS,
+            message_listener_threads=PULSAR_LISTENER_THREADS,
             # Through Python logging: the process's format (text or JSON) and filters apply.
             logger=PULSAR_LOGGER,
         )

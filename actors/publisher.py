@@ -54,6 +54,7 @@ class Publisher:
         self._on_settled = on_settled
         self._handoff: Handoff[tuple[int, Any]] = Handoff(self._settle_batch)
         self._producer: pulsar.Producer | None = None
+        self._largest = 0  # the largest payload published so far (it sizes export prefetch)
 
     async def open(self) -> None:
         """Create the producer (a broker round trip, done in a worker thread).
@@ -87,6 +88,10 @@ class Publisher:
     def publish_nowait(self, seq: int, payload: bytes) -> None:
         """Hand frame ``seq`` to the producer; its fate arrives later through ``on_settled``."""
         assert self._producer is not None, "publish before open"
+        if len(payload) > self._largest:
+            # Exports of this topic size their prefetch by what goes by (core/prefetch.py).
+            self._largest = len(payload)
+            self._broker.message_sizes.observe(self.topic, self._largest)
         send_async(self._producer, payload, functools.partial(self._sent, seq))
 
     def _sent(self, seq: int, result: Any, _msg_id: Any) -> None:

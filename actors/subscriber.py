@@ -1,26 +1,44 @@
-"""The subscriber: one Pulsar consumer per export connection, bridged to Trio.
+"""The subscriber: one Pulsar consumer per export connection, bridged to Trio without a thread.
 
-Receiving. ``serve_receiving`` runs in the connection's nursery and takes messages from the
-consumer a burst at a time: ``batch_receive`` (up to ``RECEIVE_BATCH`` messages, or what
-arrived within ``RECEIVE_BATCH_MS``) in a worker thread, one thread hop per burst. When a
-burst comes back empty it waits for the next message with a blocking ``receive`` of
-``IDLE_RECEIVE_MS``, so an idle connection costs ten wake-ups a second, not a hundred.
+Theory of operation. ``serve_receiving`` asks the consumer for messages with the binding's
+``receive_async``, on the Trio thread, one receive at a time:
 
-Why not a ``message_listener``: it calls Python on pulsar-client's listener thread once per
-message, and that thread then competes with the Trio thread for the GIL on every message.
-Measured on the export bench (20,000 messages, one socket), the listener version peaked at
-~39k msg/s with 0.5 gateway CPU-seconds; batch receiving reached ~60k msg/s with 0.2.
+- a receive that finds a message in the consumer's receiver queue completes *inside the
+  call* (pulsar-client runs the callback on the calling thread): a backlog is taken up to
+  ``RECEIVE_BATCH`` messages per burst without any thread hop, and handed on at once;
+- a receive that finds none stays pending inside pulsar-client. The message that completes
+  it later arrives on pulsar-client's listener thread, whose callback only appends it to the
+  process's ``Arrivals`` (one ``Handoff`` for every subscriber: one ``run_sync_soon`` per
+  burst, whatever the number of connections), and the receiving task carries on from there.
 
-Cancellation never strands a message: the receive runs with ``abandon_on_cancel=False``, so
-a cancelled ``serve_receiving`` first gets the burst its thread was receiving and hands it
-on (``on_arrival``) before the cancellation lands. The subscriber keeps no counts and makes
-no decisions: the export worker's ``DeliveryLedger`` says what to ack and what to nack, and
-this class only does it.
+So an idle export holds no thread and wakes nothing: its one pending receive is parked in
+pulsar-client until a message comes. Measured (docs/performance.md): as fast as the
+``batch_receive`` worker thread this replaces, and 200 idle consumers cost 0.6 % of a core
+instead of 39 % and 200 threads. A ``message_listener`` was measured too: it calls Python on
+the listener thread once per message, competing for the GIL, and used 4-5x the CPU.
+
+Backpressure ``block``: ``pause`` stops asking for more; a receive already pending may still
+bring one message, which waits here until ``resume`` (or the end).
+
+Nothing is stranded. Between taking a message and handing it to ``on_arrival`` there is no
+checkpoint. A receive still pending when receiving stops (``stop_receiving``) stays pending:
+its message, if one comes, is handed to ``on_arrival`` all the same (the export worker nacks
+what arrives after its intake closed). Once the consumer is closed, pulsar-client fails the
+pending receive and the broker redelivers what it had pushed to the consumer.
+
+Prefetch is sized by bytes: the receiver queue holds ``subscriber_prefetch_bytes`` of the
+topic's expected message size (``core/prefetch.py``). The expected size is what the gateway
+saw on the topic lately; for a topic it has seen nothing of, ``open`` reads the topic's
+oldest message with a reader first (once per topic at a time; ``probe_size``).
+
+The subscriber keeps no counts and makes no decisions: the export worker's
+``DeliveryLedger`` says what to ack and what to nack, and this class only does it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,8 +46,10 @@ from typing import TYPE_CHECKING, Any
 import pulsar
 import trio
 
-from quiesce.actors._pulsar_fast import acknowledge_async
+from quiesce.actors._bridge import Handoff
+from quiesce.actors._pulsar_fast import consumer_binding
 from quiesce.core.errors import BrokerError
+from quiesce.core.prefetch import receiver_queue_size
 from quiesce.core.protocol import Position
 
 if TYPE_CHECKING:
@@ -42,15 +62,37 @@ LOGGER = logging.getLogger("quiesce.subscriber")
 
 # How long closing a consumer may take (a broker round trip).
 CONSUMER_CLOSE_TIMEOUT = 5.0
-# Messages the client library prefetches per consumer.
-RECEIVER_QUEUE_SIZE = 1000
-# Most messages taken from the consumer in one thread hop.
+# Most messages taken from the consumer before the writer gets a turn.
 RECEIVE_BATCH = 256
-# How long a batch_receive waits to fill a burst once messages flow (milliseconds).
-RECEIVE_BATCH_MS = 10
-# How long an idle consumer's blocking receive waits for the next message (milliseconds);
-# it also bounds how long a drain waits for the receiving thread to come back.
-IDLE_RECEIVE_MS = 100
+# How long the size probe waits for the oldest message once the broker said there is one.
+PROBE_READ_MS = 2000
+_OK = pulsar.Result.Ok
+
+
+class Arrivals:
+    """Receives completed on pulsar-client's threads, handed to Trio in bursts.
+
+    One per process (the broker actor owns it), shared by every subscriber: under load one
+    wake-up of the Trio thread delivers the messages of many connections.
+    """
+
+    def __init__(self) -> None:
+        self._handoff: Handoff[tuple[Subscriber, Any, Any]] = Handoff(self._deliver)
+
+    def put(self, subscriber: Subscriber, result: Any, message: Any) -> None:
+        """From any thread: queue a completed receive for ``subscriber``. Never blocks."""
+        self._handoff.put((subscriber, result, message))
+
+    @staticmethod
+    def _deliver(batch: list[tuple[Subscriber, Any, Any]]) -> None:
+        for subscriber, result, message in batch:
+            try:
+                subscriber._received(result, message)
+            except Exception:
+                # Runs as a run_sync_soon callback: an exception would end the Trio run, and
+                # with it every connection. The subscriber's own failure stays its own.
+                LOGGER.error("handing on a received message failed", exc_info=True,
+                             extra={"topic": subscriber.route.topic})
 
 
 class Subscriber:
@@ -62,11 +104,12 @@ class Subscriber:
     nacked every message it took.
 
     Args:
-        broker: the process's broker.
+        broker: the process's broker (client, message sizes, arrivals).
         route: topic, subscription, position.
-        settings: nack delay.
+        settings: nack delay, prefetch budget.
         actor_id: the owning connection's id (the fresh subscription's name).
-        on_arrival: called in Trio with each non-empty burst received.
+        on_arrival: called in Trio with each non-empty burst of messages received (the
+            binding's ``_pulsar.Message``: ``data()``, ``message_id()``, ``length()``).
     """
 
     def __init__(self, broker: Broker, route: Route, settings: Settings, actor_id: str,
@@ -74,22 +117,28 @@ class Subscriber:
         self.route = route
         self.named = route.subscription is not None
         self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"
+        self.receiver_queue_size = 0  # chosen by open
         self._broker = broker
         self._settings = settings
         self._on_arrival = on_arrival
         self._consumer: pulsar.Consumer | None = None
+        self._binding: Any = None  # the binding's consumer: receive_async, acks, nacks
         self.ack_failures = 0
+        self._trio_thread = threading.get_ident()
+        self._taken: list[Any] = []  # received, not yet handed on
+        self._pending = False  # a receive_async is outstanding
+        self._failure: Any = None  # a receive's result other than Ok
+        self._news = trio.Event()  # set when the pending receive completes
         self._resume = trio.Event()  # set while receiving may go on (not paused)
         self._resume.set()
-        # One receiving thread at a time per subscriber, outside Trio's default limiter (40
-        # threads for the whole process would cap the number of export connections).
-        self._limiter = trio.CapacityLimiter(1)
         self._receiving = trio.CancelScope()
         self._receiving_started = False
+        self._serving = False  # serve_receiving is taking messages
+        self._closed = False
         self._received_all = trio.Event()
 
     async def open(self) -> None:
-        """Subscribe (a broker round trip, in a worker thread).
+        """Size the prefetch, then subscribe (broker round trips, in worker threads).
 
         Raises:
             BrokerError: the broker refused or did not answer.
@@ -97,25 +146,29 @@ class Subscriber:
         route = self.route
         position = (pulsar.InitialPosition.Earliest if route.position is Position.EARLIEST
                     else pulsar.InitialPosition.Latest)
+        expected = await probe_size(self._broker, route.topic)
+        queue = receiver_queue_size(self._settings.subscriber_prefetch_bytes, expected)
+        self.receiver_queue_size = queue
 
         def subscribe() -> pulsar.Consumer:
             return self._broker.client.subscribe(
                 route.topic,
                 self.subscription,
                 consumer_type=pulsar.ConsumerType.Shared,
-                batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(
-                    RECEIVE_BATCH, 0, RECEIVE_BATCH_MS
-                ),
-                receiver_queue_size=RECEIVER_QUEUE_SIZE,
+                receiver_queue_size=queue,
                 negative_ack_redelivery_delay_ms=self._settings.nack_redelivery_delay_ms,
                 initial_position=position,
                 consumer_name=f"quiesce-{uuid.uuid4().hex[:8]}",
             )
 
         try:
-            self._consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
+            consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
         except Exception as exc:
             raise BrokerError(f"cannot subscribe to {route.topic}: {exc}") from exc
+        self._consumer = consumer
+        self._binding = consumer_binding(consumer)
+        LOGGER.debug("subscribed with a receiver queue of %d (expected message size %s)",
+                     queue, expected, extra={"topic": route.topic})
 
     async def last_place(self) -> Place | None:
         """The topic's last (ledger, entry) now, for ``until=end``; None if it is empty.
@@ -137,29 +190,90 @@ class Subscriber:
             return None
         return (message_id.ledger_id(), message_id.entry_id())
 
+    # ---------------------------------------------------------- receiving
+
     async def serve_receiving(self) -> None:
         """Hand bursts from the consumer to ``on_arrival`` until ``stop_receiving``.
 
         Raises:
             BrokerError: receiving failed.
         """
-        consumer = self._consumer
-        assert consumer is not None
-        self._receiving_started = True
+        assert self._binding is not None
+        self._receiving_started = self._serving = True
         try:
             with self._receiving:
                 while True:
                     await self._resume.wait()
-                    try:
-                        batch = await trio.to_thread.run_sync(
-                            _receive_burst, consumer, limiter=self._limiter
-                        )
-                    except pulsar.PulsarException as exc:
-                        raise BrokerError(f"receiving from {self.route.topic}: {exc}") from exc
-                    if batch:
-                        self._on_arrival(batch)
+                    burst = self._take_burst()
+                    if burst:
+                        self._hand_on(burst)
+                    if self._failure is not None:
+                        raise BrokerError(f"receiving from {self.route.topic}: {self._failure}")
+                    if burst:
+                        # The writer's turn; nothing is held across this checkpoint.
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    # A receive is pending: its message comes through Arrivals.
+                    self._news = trio.Event()
+                    await self._news.wait()
         finally:
+            self._serving = False
+            burst, self._taken = self._taken, []
+            if burst:  # taken before a pause or a cancellation: handed on all the same
+                self._hand_on(burst)
             self._received_all.set()
+
+    def _take_burst(self) -> list[Any]:
+        """What was received, plus what the receiver queue has now (up to RECEIVE_BATCH)."""
+        taken = self._taken
+        if not self._pending and self._failure is None:
+            receive, callback = self._binding.receive_async, self._on_receive
+            while len(taken) < RECEIVE_BATCH:
+                before = len(taken)
+                self._pending = True
+                receive(callback)  # completes inside the call when a message is waiting
+                if len(taken) == before and self._failure is None:
+                    break  # pending: none was waiting
+                self._pending = False
+                if self._failure is not None:
+                    break
+        self._taken = []
+        return taken
+
+    def _on_receive(self, result: Any, message: Any) -> None:
+        # Called by pulsar-client: inside receive_async on the Trio thread when a message was
+        # waiting, later on its listener thread otherwise. It must not raise: an exception
+        # escaping into pulsar-client's thread aborts the process.
+        try:
+            if threading.get_ident() != self._trio_thread:
+                self._broker.arrivals.put(self, result, message)
+            elif result == _OK:
+                self._taken.append(message)
+            else:
+                self._failure = result
+        except BaseException:
+            LOGGER.error("a received message could not be handed on", exc_info=True,
+                         extra={"topic": self.route.topic})
+
+    def _received(self, result: Any, message: Any) -> None:
+        """In Trio: the pending receive completed (through ``Arrivals``)."""
+        self._pending = False
+        if self._closed:
+            return  # the consumer is closed: the broker redelivers what it had pushed
+        if result != _OK:
+            if self._serving:
+                self._failure = result
+                self._news.set()
+            return  # a receive failed after receiving stopped: the consumer is closing
+        if self._serving:
+            self._taken.append(message)
+            self._news.set()
+        else:  # receiving has stopped: hand it on all the same (to be nacked)
+            self._hand_on([message])
+
+    def _hand_on(self, burst: list[Any]) -> None:
+        self._broker.message_sizes.observe(self.route.topic, max(m.length() for m in burst))
+        self._on_arrival(burst)
 
     def pause(self) -> None:
         """Stop receiving after the burst in progress (backpressure: the queue is full)."""
@@ -171,12 +285,14 @@ class Subscriber:
         self._resume.set()
 
     async def stop_receiving(self) -> None:
-        """Stop ``serve_receiving`` and wait for the burst its thread may still bring."""
+        """Stop ``serve_receiving``; what it had received is handed on before this returns."""
         self._receiving.cancel(reason="intake stopped")
         # Not started yet (or never: the open failed): it will start cancelled and take
-        # nothing, so there is no burst to wait for.
+        # nothing, so there is nothing to wait for.
         if self._receiving_started:
             await self._received_all.wait()
+
+    # ------------------------------------------------------ acks and nacks
 
     def ack(self, messages: list[Any]) -> None:
         """Acknowledge delivered messages in Pulsar, without waiting for the broker.
@@ -185,25 +301,27 @@ class Subscriber:
         ack only means the broker redelivers the message, so failures are counted and
         logged at close, not retried.
         """
-        consumer = self._consumer
-        assert consumer is not None
+        binding = self._binding
+        assert binding is not None
+        acknowledge, callback = binding.acknowledge_async, self._ack_result
         for message in messages:
-            acknowledge_async(consumer, message, self._ack_result)
+            acknowledge(message, callback)
 
     def _ack_result(self, result: Any) -> None:
         # On a pulsar-client thread: count only (an int increment under the GIL).
-        if result != pulsar.Result.Ok:
+        if result != _OK:
             self.ack_failures += 1
 
     def nack(self, messages: list[Any]) -> None:
         """Negatively acknowledge messages: the broker redelivers them after the nack delay."""
-        consumer = self._consumer
-        assert consumer is not None
+        binding = self._binding
+        assert binding is not None
         for message in messages:
-            consumer.negative_acknowledge(message)
+            binding.negative_acknowledge(message)
 
     async def aclose(self) -> None:
         """Close the consumer (a fresh per-connection subscription is deleted instead)."""
+        self._closed = True
         consumer, self._consumer = self._consumer, None
         if self.ack_failures:
             LOGGER.warning("%d acks failed; the broker will redeliver those messages",
@@ -221,15 +339,50 @@ class Subscriber:
                     await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
 
 
-def _receive_burst(consumer: pulsar.Consumer) -> list[Any]:
-    """In a worker thread: the messages available now (a burst), else the next one, else []."""
-    burst = consumer.batch_receive()
-    if burst:
-        return list(burst)
+async def probe_size(broker: Broker, topic: str) -> int | None:
+    """The message size to expect on ``topic``: what was seen there lately, else its oldest
+    message's (read with a reader, once per topic at a time), else None (empty, or no answer).
+    """
+    sizes, probes = broker.message_sizes, broker.size_probes
+    known = sizes.expected(topic)
+    if known is not None:
+        return known
+    running = probes.get(topic)
+    if running is not None:  # another connection is reading it: use its answer
+        await running.wait()
+        return sizes.expected(topic)
+    done = probes[topic] = trio.Event()
     try:
-        return [consumer.receive(IDLE_RECEIVE_MS)]
-    except pulsar.Timeout:
-        return []
+        size = await trio.to_thread.run_sync(_read_oldest_size, broker.client, topic,
+                                             abandon_on_cancel=True)
+    finally:
+        del probes[topic]
+        done.set()
+    if size is not None:
+        sizes.observe(topic, size)
+    return size
+
+
+def _read_oldest_size(client: pulsar.Client, topic: str) -> int | None:
+    """In a worker thread: the size of the topic's oldest message, None if there is none."""
+    try:
+        reader = client.create_reader(topic, pulsar.MessageId.earliest, receiver_queue_size=1)
+    except Exception as exc:
+        LOGGER.debug("size probe: no reader on %s: %s", topic, exc)
+        return None
+    try:
+        # pulsar-lite answers an empty topic with an error here (Apache Pulsar: False).
+        if not reader.has_message_available():
+            return None
+        return len(reader.read_next(PROBE_READ_MS).data())
+    except Exception as exc:
+        LOGGER.debug("size probe of %s: %s", topic, exc)
+        return None
+    finally:
+        try:
+            reader.close()
+        except Exception as exc:
+            LOGGER.debug("size probe: closing the reader on %s: %s", topic, exc)
 
 
 def message_key(message: Any) -> Key:

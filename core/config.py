@@ -100,6 +100,7 @@ class Settings:
     producer_batching: bool = True
     producer_batch_delay_ms: int = 10
     subscriber_max_queue_size: int = 100
+    subscriber_prefetch_bytes: int = 2 * 1024 * 1024
     subscriber_drain_timeout: float = 5.0
     default_backpressure: str = "block"
     nack_redelivery_delay_ms: int = 1000
@@ -270,6 +271,7 @@ _RULES: dict[str, _Rule] = {
     "producer_batching": _BOOL,
     "producer_batch_delay_ms": _int_rule(0, 10_000),
     "subscriber_max_queue_size": _int_rule(1),
+    "subscriber_prefetch_bytes": _int_rule(1024),
     "subscriber_drain_timeout": _float_rule(0, strict=True),
     "default_backpressure": _choice_rule(BACKPRESSURE),
     "nack_redelivery_delay_ms": _int_rule(0),
@@ -346,6 +348,12 @@ SETTING_DOCS: dict[str, str] = {
     ),
     "subscriber_max_queue_size": (
         "messages taken from Pulsar and not yet written, per export connection"
+    ),
+    "subscriber_prefetch_bytes": (
+        "bytes an export connection's consumer may prefetch: its receiver queue is this over "
+        "the topic's expected message size, between 1 and 1000 messages (1000 connections: at "
+        "most ~2 GB prefetched while sizes are as expected; see "
+        "[performance](performance.md#prefetch-by-bytes))"
     ),
     "subscriber_drain_timeout": (
         "how long a server drain waits for an `ack=client` export to ack"
