@@ -51,6 +51,8 @@ PROCESS_STOP_TIMEOUT = 5.0
 # receives. Both are pulsar-client's defaults, stated: one of each serves every connection.
 PULSAR_IO_THREADS = 1
 PULSAR_LISTENER_THREADS = 1
+# How long the monitor's probe may wait for the broker's answer (or the probe interval).
+PROBE_ANSWER_TIMEOUT = 5.0
 # The topic the probes look up (it need not exist: a lookup is answered either way).
 PROBE_TOPIC = "persistent://public/default/quiesce-readiness-probe"
 # Headroom the broker's own frame limit gets over max_message_bytes (the JSON is the payload;
@@ -280,7 +282,9 @@ async def monitor_broker(broker: Broker, machine: BrokerMachine, settings: Setti
                          metrics: Metrics) -> None:
     """Probe the broker every ``broker_probe_interval`` seconds and report each answer.
 
-    A probe is one lookup through the shared client, bounded by the interval; a probe still
+    A probe is one lookup through the shared client, bounded by ``PROBE_ANSWER_TIMEOUT`` (or
+    the interval, if longer): a saturated event loop can take seconds to see an answer the
+    broker gave at once, and must not read as an outage (seen at 500+500 sockets); a probe still
     waiting from before (a frozen broker) counts as unanswered without starting another
     thread. The machine (``BrokerMachine``) decides what the answers mean; this logs the
     outage once when it starts and once when it ends, with its length, and keeps the
@@ -291,6 +295,7 @@ async def monitor_broker(broker: Broker, machine: BrokerMachine, settings: Setti
     only reports, so an operator sees the outage in quiesce's own log and metrics.
     """
     interval, unready_after = settings.broker_probe_interval, settings.broker_unready_after
+    bound = max(interval, PROBE_ANSWER_TIMEOUT)
     limiter = trio.CapacityLimiter(1)  # one probe thread at a time, however long it hangs
 
     def lookup() -> None:
@@ -303,13 +308,13 @@ async def monitor_broker(broker: Broker, machine: BrokerMachine, settings: Setti
         # Periodic by design: one probe for the whole process, not per connection.
         await trio.sleep(interval)
         problem = ""
-        with trio.move_on_after(interval) as scope:
+        with trio.move_on_after(bound) as scope:
             try:
                 await trio.to_thread.run_sync(lookup, abandon_on_cancel=True, limiter=limiter)
             except Exception as exc:
                 problem = str(exc) or type(exc).__name__
         if scope.cancelled_caught:
-            problem = f"no answer within {interval:g}s"
+            problem = f"no answer within {bound:g}s"
         now = trio.current_time()
         if not problem:
             machine.probe_ok()
