@@ -110,6 +110,7 @@ from quiesce.core.wire import (
     _json_type,
     _Node,
     _Num,
+    _Obj,
     _Path,
     _Str,
     _vectors_ok,
@@ -373,7 +374,7 @@ class _Nullable(_Node):
         return None if x is None else self.item.find(x, path)
 
 
-class _Rec(_Node):
+class _Rec(_Obj):
     """An object with required and optional fields, checked in document order.
 
     ``either`` lists pairs of fields of which exactly one must be present (``vector`` or the
@@ -386,23 +387,14 @@ class _Rec(_Node):
         optional: dict[str, _Node] | None = None,
         either: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        self.fields = {**(optional or {}), **required}
+        super().__init__(**{**(optional or {}), **required})
         self.required = tuple(required)
         self.either = either
 
     def find(self, x: object, path: _Path) -> str | None:
-        if not isinstance(x, dict):
-            return _wrong(path, "object", x)
-        fields = self.fields
-        for key, value in x.items():
-            node = fields.get(key)
-            if node is not None:
-                problem = node.find(value, (*path, key))
-                if problem is not None:
-                    return problem
-        for key in self.required:
-            if key not in x:
-                return f"{_format_path((*path, key))}: missing"
+        problem = super().find(x, path)
+        if problem is not None or not isinstance(x, dict):
+            return problem
         for a, b in self.either:
             if a in x and b in x:
                 return f"{_format_path((*path, b))}: not allowed together with {a}"

@@ -279,8 +279,12 @@ class _Arr(_Node):
 
 
 class _Obj(_Node):
+    """An object whose fields are checked in document order; every field is required
+    (`required` lists them; a subclass may require fewer)."""
+
     def __init__(self, **fields: _Node) -> None:
         self.fields = fields
+        self.required = tuple(fields)
 
     def find(self, x: object, path: _Path) -> str | None:
         if not isinstance(x, dict):
@@ -292,7 +296,7 @@ class _Obj(_Node):
                 problem = node.find(value, (*path, key))
                 if problem is not None:
                     return problem
-        for key in fields:
+        for key in self.required:
             if key not in x:
                 return f"{_format_path((*path, key))}: missing"
         return None
