@@ -82,6 +82,10 @@ class Deadlines:
         finally:
             self._scopes.discard(scope)
 
+    def renew(self, scope: trio.CancelScope, timeout: float) -> None:
+        """Move ``scope``'s deadline to ``timeout`` seconds from now, never past the limit."""
+        scope.deadline = min(trio.current_time() + timeout, self.limit)
+
     def cap(self, deadline: float) -> None:
         """No wait may go on past ``deadline`` (those running now included)."""
         self.limit = min(self.limit, deadline)

@@ -16,9 +16,10 @@ Theory of operation. Per connection, two tasks and one ledger:
   owed: error frames first, then ``{"ack": watermark}`` (see ``ReceiptLedger.take_flush``
   for why that order keeps receipts honest), coalesced every ``RECEIPT_INTERVAL``.
 
-``drain`` waits (within ``publisher_drain_timeout`` and the server's deadline) for every
-frame to be settled and concludes the worker's machine; ``finish`` has the sender flush once
-more — the final receipt — and logs the connection's summary.
+``drain`` waits for every frame to be settled, then concludes the worker's machine. It waits
+for as long as confirmations keep coming: ``publisher_drain_timeout`` bounds a silence, not
+the whole wait (during a shutdown the server's deadline bounds that). ``finish`` has the
+sender flush once more — the final receipt — and logs the connection's summary.
 
 Refusals are logged, not only counted: most TrustGraph clients never read replies, so the
 first rejected frame of a connection is logged with its detail, later ones as a running
@@ -276,11 +277,19 @@ class ImportWorker:
         """Wait for every frame to be settled (bounded), then conclude the machine."""
         machine, ledger = self.machine, self.ledger
         machine.drain()
+        deadlines, patience = self.conn.deadlines, self.settings.publisher_drain_timeout
         try:
-            with self.conn.deadlines.within(self.settings.publisher_drain_timeout):
+            # The bound is on silence, not on the whole drain: while confirmations keep
+            # coming (a busy broker, a slow link) the drain goes on, each one renewing the
+            # patience; a broker that confirms nothing for that long ends it. The server's
+            # own deadline (a shutdown) caps it either way.
+            with deadlines.within(patience) as scope:
                 while not ledger.all_settled():
+                    before = ledger.in_flight
                     self._room = trio.Event()
                     await self._room.wait()
+                    if ledger.in_flight < before:
+                        deadlines.renew(scope, patience)
         finally:
             self._concluded = True
             unconfirmed = ledger.in_flight

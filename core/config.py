@@ -334,7 +334,8 @@ SETTING_DOCS: dict[str, str] = {
         "reading the socket"
     ),
     "publisher_drain_timeout": (
-        "how long an import connection waits for broker confirmations when it ends"
+        "how long an ending import connection waits for the broker's next confirmation; "
+        "each one that comes renews the wait (a shutdown's deadline still caps it)"
     ),
     "producer_flush_timeout": (
         "bound on closing (flushing) a producer"

@@ -8,16 +8,31 @@ what the client sent against what the topic holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pulsar
+import pytest
 import trio
 from websockets.trio.client import connect
 
+from quiesce.actors.publisher import Publisher
+from quiesce.core.config import Settings
 from tests.data import ids_of, sample_message
-from tests.harness import open_gateway_process, persisted, topic_of
+from tests.harness import (
+    import_path,
+    open_gateway_process,
+    open_import,
+    persisted,
+    start_gateway,
+    topic_of,
+    ws_url,
+)
 
 # Bounds of the waits (generous: they only matter when something is wrong).
 LONG = 60.0
@@ -98,3 +113,80 @@ async def _until_closed(ws: object) -> object:
             yield await ws.recv()  # type: ignore[attr-defined]
     except ConnectionClosed:
         return
+
+
+# ------------------------------------------------ a slow broker is waited for, a silent one not
+
+# The import drain's patience in these tests (publisher_drain_timeout) and the pace at which
+# the fake below lets confirmations through: the whole drain takes several patiences.
+PATIENCE = 1.0
+PACE = 0.25
+SLOW_FRAMES = 12
+
+
+@contextlib.asynccontextmanager
+async def paced_confirmations(monkeypatch: pytest.MonkeyPatch, pace: float | None
+                              ) -> AsyncIterator[None]:
+    """Let the broker's confirmations reach the import one every ``pace`` s (None: never).
+
+    A fake, and the only one here: pulsar-lite cannot be made to confirm slowly but steadily
+    on demand (a frozen broker confirms nothing; a thawed one everything at once). The real
+    broker still persists every frame; only the hand-over of its confirmations is paced.
+    """
+    send, receive = trio.open_memory_channel[tuple[Publisher, tuple[int, Any]]](math.inf)
+    settle = Publisher._settle_batch
+
+    def held(self: Publisher, batch: list[tuple[int, Any]]) -> None:
+        for item in batch:
+            send.send_nowait((self, item))
+
+    async def release() -> None:
+        async for publisher, item in receive:
+            await trio.sleep(pace)  # the injected slowness, not a synchronisation
+            settle(publisher, [item])
+
+    monkeypatch.setattr(Publisher, "_settle_batch", held)
+    async with trio.open_nursery() as nursery:
+        if pace is not None:
+            nursery.start_soon(release)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("pace", "code"), [(PACE, 1000), (None, 1011)],
+                         ids=["slow-broker", "silent-broker"])
+async def test_an_ending_import_waits_for_a_slow_broker_but_not_a_silent_one(
+    nursery: trio.Nursery, settings: Settings, pulsar_client: pulsar.Client, flow: str,
+    monkeypatch: pytest.MonkeyPatch, pace: float | None, code: int
+) -> None:
+    """``publisher_drain_timeout`` bounds the broker's silence, not the whole drain.
+
+    The client sends its frames and closes at once. With confirmations coming every 0.25 s
+    the drain takes ~3 s, three times the patience, and still ends 1000 with every frame
+    receipted; with none coming it ends after the patience, 1011, nothing receipted.
+    """
+    gateway = await start_gateway(nursery, settings, publisher_drain_timeout=PATIENCE)
+    frames = [json.dumps(sample_message("triples", i)) for i in range(SLOW_FRAMES)]
+    async with paced_confirmations(monkeypatch, pace):
+        with trio.fail_after(LONG):
+            started = trio.current_time()
+            async with open_import(ws_url(gateway, import_path(flow))) as client:
+                for frame in frames:
+                    await client.send(frame)
+            await client.wait_closed()
+            took = trio.current_time() - started
+    stored = await persisted(pulsar_client, topic_of("triples", flow), SLOW_FRAMES)
+    assert client.closed is not None
+    closed = client.closed.rcvd.code if client.closed.rcvd else None
+    print(f"\n{'slow' if pace else 'silent'} broker: sent {client.sent}, receipted "
+          f"{client.ack}, persisted {len(stored)}, close {closed}, drain {took:.2f} s "
+          f"(patience {PATIENCE} s)")
+    assert client.violations == []
+    assert closed == code
+    assert len(stored) == SLOW_FRAMES  # the real broker persisted every frame either way
+    if pace is not None:
+        assert client.ack == SLOW_FRAMES
+        assert took > 2 * PATIENCE  # longer than the patience: it was renewed
+    else:
+        assert client.ack == 0
+    gateway.request_shutdown()
