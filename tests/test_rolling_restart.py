@@ -31,7 +31,7 @@ message gone from the subscription that no exporter received, every frame sent r
 the end, every gateway exited 0 and forced nothing, every close 1000 or 1001.
 
 Duplicates are counted, not forbidden. Import: none so far (a resend is stored twice only
-when a connection is lost without its final ack, and a drain always sends one). Export: 6 to
+when a connection is lost without its final ack, and a drain always sends one). Export: 4 to
 19 in the runs so far, every one of a message an exporter had acked already. The gateway's
 producer batches (``producer_batching``), a batched entry goes to one consumer whole, and a
 drain nacks the messages of it still queued or unacked; without batch-index acks the broker
