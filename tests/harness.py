@@ -14,7 +14,8 @@ the repository root on ``sys.path``). Each helper exists once:
   de-duplication rule (by `message_key`);
 * `publish`, `publish_messages`: payloads straight into a topic, confirmed by the broker;
 * `ImportClient`, `open_import`, `import_frames`, `import_path`: an import WebSocket with
-  receipts, its ``{"ack": N}`` and error frames collected;
+  receipts, its ``{"ack": N}`` and error frames collected; `ExportStream`: an ``ack=client``
+  export WebSocket, its ``{"seq", "message"}`` frames collected;
 * `http_get`, `metric_samples`, `expect_status`, `refused_status`: plain HTTP and what
   /metrics says, and handshakes refused with HTTP;
 * `command_process`, `wait_count`: a ``quiesce import``/``export`` (any command) as a child
@@ -62,6 +63,7 @@ from quiesce.supervisor import Supervisor
 
 __all__ = [
     "Broker",
+    "ExportStream",
     "GatewayProcess",
     "ImportClient",
     "Listening",
@@ -858,6 +860,61 @@ class ImportClient:
     async def wait_closed(self) -> None:
         """Wait until the connection has ended."""
         await self.done.wait()
+
+
+class ExportStream:
+    """An ``ack=client`` export connection: collects ``{"seq", "message"}`` frames.
+
+    Run `collect` in a nursery; it ends when the connection does. Attributes: ``frames``, the
+    ``(seq, metadata id)`` of every message frame in arrival order; ``others``, every other
+    server frame (``{"end": true}``, error frames); ``closed``, the ConnectionClosed that
+    ended it; ``done``, set once `collect` has ended.
+    """
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[tuple[int, str]] = []  # (seq, metadata id)
+        self.others: list[dict[str, Any]] = []
+        self.closed: ConnectionClosed | None = None
+        self.done = trio.Event()
+        self._changed = trio.Event()
+
+    async def collect(self) -> None:
+        """Read server frames until the connection closes."""
+        try:
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if "seq" in frame:
+                    self.frames.append((frame["seq"], frame["message"]["metadata"]["id"]))
+                else:
+                    self.others.append(frame)
+                self._changed.set()
+                self._changed = trio.Event()
+        except ConnectionClosed as exc:
+            self.closed = exc
+        finally:
+            self.done.set()
+            self._changed.set()
+
+    async def wait_frames(self, n: int) -> None:
+        """Wait until ``n`` message frames have arrived.
+
+        Raises:
+            AssertionError: the connection ended first.
+        """
+        while len(self.frames) < n:
+            if self.done.is_set():
+                raise AssertionError(f"closed ({self.closed!r}) after {len(self.frames)} frames")
+            await self._changed.wait()
+
+    async def wait_news(self, seen: int) -> None:
+        """Wait until more than ``seen`` message frames have arrived, or the connection ended."""
+        while len(self.frames) <= seen and not self.done.is_set():
+            await self._changed.wait()
+
+    async def ack(self, n: int) -> None:
+        """Acknowledge every frame up to seq ``n``."""
+        await self.ws.send(json.dumps({"ack": n}))
 
 
 @asynccontextmanager

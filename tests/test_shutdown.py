@@ -23,12 +23,13 @@ import pulsar
 import pytest
 import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.trio.client import ClientConnection, connect
+from websockets.trio.client import connect
 
 from quiesce.core.config import Settings
 from tests.data import doc_id, ids_of, sample_message, sample_messages
 from tests.harness import (
     Broker,
+    ExportStream,
     GatewayProcess,
     ImportClient,
     Listening,
@@ -60,46 +61,6 @@ def signal_now(gateway: GatewayProcess, signum: int) -> float:
 
 
 # ---------------------------------------------------------------- clients
-
-
-class ExportStream:
-    """An ``ack=client`` export connection: collects ``{"seq", "message"}`` frames."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[tuple[int, str]] = []  # (seq, metadata id)
-        self.others: list[dict[str, Any]] = []
-        self.closed: ConnectionClosed | None = None
-        self.done = trio.Event()
-        self._changed = trio.Event()
-
-    async def collect(self) -> None:
-        """Read server frames until the connection closes."""
-        try:
-            while True:
-                frame = json.loads(await self.ws.recv())
-                if "seq" in frame:
-                    self.frames.append((frame["seq"], frame["message"]["metadata"]["id"]))
-                else:
-                    self.others.append(frame)
-                self._changed.set()
-                self._changed = trio.Event()
-        except ConnectionClosed as exc:
-            self.closed = exc
-        finally:
-            self.done.set()
-            self._changed.set()
-
-    async def wait_frames(self, n: int) -> None:
-        """Wait until ``n`` message frames have arrived."""
-        while len(self.frames) < n:
-            if self.done.is_set():
-                raise AssertionError(f"closed ({self.closed!r}) after {len(self.frames)} frames")
-            await self._changed.wait()
-
-    async def ack(self, n: int) -> None:
-        """Acknowledge every frame up to seq ``n``."""
-        await self.ws.send(json.dumps({"ack": n}))
 
 
 def export_path(flow: str, query: str) -> str:
