@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pulsar
@@ -44,8 +46,6 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="published per second (200)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    import tempfile
-    from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker.start(Path(tmp))
         try:
