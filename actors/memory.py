@@ -40,11 +40,17 @@ class Trimmer:
         self._allocator = allocator
         self._interval = interval
         self._due = trio.Event()
-        self.trims = 0  # trims done so far (tests read it)
+        self.trims = 0  # trims done so far
+        self._trimmed = trio.Event()  # set (and replaced) after each trim
 
     def connection_closed(self) -> None:
         """A connection has closed: trim within an interval. Never blocks."""
         self._due.set()
+
+    async def wait_trimmed(self, count: int) -> None:
+        """Wait until ``count`` trims have been done; bound it with ``trio.fail_after``."""
+        while self.trims < count:
+            await self._trimmed.wait()
 
     async def serve(self) -> None:
         """Trim an interval after each burst of closes, until cancelled."""
@@ -61,6 +67,8 @@ class Trimmer:
             took = time.perf_counter() - started
             after = rss_bytes()
             self.trims += 1
+            self._trimmed.set()
+            self._trimmed = trio.Event()
             if before is not None and after is not None:
                 LOGGER.debug("heap trimmed in %.1f ms: RSS %.1f -> %.1f MB%s", took * 1000,
                              before / MB, after / MB, "" if released else " (nothing freed)",

@@ -9,6 +9,7 @@ RSS at ~3x the baseline for good; see docs/performance.md, "Memory".
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -16,11 +17,14 @@ from pathlib import Path
 import pulsar
 import pytest
 import trio
+import trio.testing
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
 
+from quiesce.actors.memory import Trimmer
 from quiesce.core.config import Settings
 from quiesce.core.errors import ConfigError
+from quiesce.core.memory import glibc
 from tests.data import sample_message
 from tests.faults._hostile import hostile_frames
 from tests.harness import (
@@ -231,3 +235,28 @@ def test_an_mmap_threshold_glibc_would_refuse_is_a_config_error() -> None:
         with pytest.raises(ConfigError, match=r"^malloc_mmap_threshold must be 0 or an integer "
                                               rf"between 4096 and 33554432, got {bad}$"):
             Settings(malloc_mmap_threshold=bad)
+
+
+async def test_closes_get_one_trim_per_burst_and_leave_no_timer_behind() -> None:
+    """A burst of closes costs one trim, a later close one more, and in between the trimmer
+    waits on nothing but the next close: no timer is left to wake an idle process."""
+    allocator = glibc()
+    if allocator is None:
+        pytest.skip("not glibc")
+    trimmer = Trimmer(allocator, 0.05)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trimmer.serve)
+        for _ in range(50):
+            trimmer.connection_closed()
+        with trio.fail_after(10):
+            await trimmer.wait_trimmed(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+        assert trimmer.trims == 1
+        trimmer.connection_closed()
+        with trio.fail_after(10):
+            await trimmer.wait_trimmed(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+        assert trimmer.trims == 2
+        nursery.cancel_scope.cancel()
