@@ -68,6 +68,7 @@ from quiesce.actors.connection import ConnectionActor, Services, Worker
 from quiesce.actors.exporter import ExportWorker
 from quiesce.actors.http import HttpFront
 from quiesce.actors.importer import ImportWorker
+from quiesce.actors.memory import Trimmer
 from quiesce.actors.metrics import Metrics
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
@@ -80,6 +81,7 @@ from quiesce.core.config import (
     render_settings,
 )
 from quiesce.core.errors import BrokerError, ConfigError, QuiesceError
+from quiesce.core.memory import glibc
 from quiesce.core.protocol import CloseCode, Direction
 from quiesce.core.tokens import TokenSet, load_tokens
 from quiesce.machines import ALL_MACHINES
@@ -123,6 +125,9 @@ class Supervisor:
         self.broker_health = BrokerMachine()
         self.broker_health.observe(TransitionLog(LOGGER, "broker", "broker"))
         self._monitor_scope = trio.CancelScope()
+        # Freed heap goes back to the system after connections close (core/memory.py).
+        self.trimmer = Trimmer(glibc(), settings.malloc_trim_interval)
+        self._trim_scope = trio.CancelScope()
         # Read before the loop serves anything: a small local file, and a bad one stops
         # start-up (exit 2) rather than leaving the gateway open or shut.
         tokens = load_tokens(settings.tokens_file) if settings.tokens_file else TokenSet()
@@ -221,9 +226,11 @@ class Supervisor:
                                     ", embedded" if broker.embedded else "",
                                     extra={"url": self.url, "broker": broker.url})
                         nursery.start_soon(self._monitor, broker)
+                        nursery.start_soon(self._trim)
                         await self.shutdown_requested.wait()
                         await self._drain(server, nursery)
                         self._monitor_scope.cancel(reason="stopped")
+                        self._trim_scope.cancel(reason="stopped")
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
@@ -238,6 +245,10 @@ class Supervisor:
     async def _monitor(self, broker: Broker) -> None:
         with self._monitor_scope:
             await monitor_broker(broker, self.broker_health, self.settings, self.metrics)
+
+    async def _trim(self) -> None:
+        with self._trim_scope:
+            await self.trimmer.serve()
 
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings
@@ -293,6 +304,7 @@ class Supervisor:
             self.actors.discard(actor)
             self.metrics.connections.labels(actor.direction).dec()
             self.machine.release()
+            self.trimmer.connection_closed()
             if self.machine.finished:
                 self._all_closed.set()
 
@@ -364,8 +376,27 @@ async def _watch_signals(supervisor: Supervisor) -> None:
                 supervisor.force()
 
 
+def apply_allocator_policy(settings: Settings) -> None:
+    """Set the process's malloc thresholds (``malloc_mmap_threshold``, core/memory.py).
+
+    Once, before serving: the thresholds apply to every allocation from then on, in every
+    thread. Not glibc, or a threshold of 0: the allocator is left as it is.
+    """
+    allocator = glibc()
+    threshold = settings.malloc_mmap_threshold
+    if allocator is None or threshold == 0:
+        return
+    if allocator.apply_policy(threshold):
+        LOGGER.debug("glibc %s: mmap and trim thresholds fixed at %d bytes", allocator.version,
+                     threshold, extra={"malloc_mmap_threshold": threshold})
+    else:
+        LOGGER.warning("glibc %s refused an mmap threshold of %d bytes: large frames may "
+                       "keep their memory after they are freed", allocator.version, threshold)
+
+
 async def run_process(settings: Settings) -> int:
     """Serve until a signal's drain completes; return the exit code."""
+    apply_allocator_policy(settings)
     try:
         supervisor = Supervisor(settings)
     except ConfigError as exc:

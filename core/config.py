@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quiesce.core.errors import ConfigError, RouteError
+from quiesce.core.memory import MMAP_THRESHOLD_MAX, MMAP_THRESHOLD_MIN
 from quiesce.core.profiles import (
     COMMON_KINDS,
     DEFAULT_WORKSPACE,
@@ -109,6 +110,8 @@ class Settings:
     socket_grace_period: float = 2.0
     import_drain_grace: float = 5.0
     max_consecutive_errors: int = 10
+    malloc_mmap_threshold: int = 256 * 1024
+    malloc_trim_interval: float = 2.0
     metrics_enabled: bool = True
     queue_stats_on_shutdown: bool = True
     broker_metrics_port: int = 0
@@ -280,6 +283,11 @@ _RULES: dict[str, _Rule] = {
     "socket_grace_period": _float_rule(0, strict=False),
     "import_drain_grace": _float_rule(0, strict=False),
     "max_consecutive_errors": _int_rule(1),
+    # glibc's mallopt accepts thresholds up to 32 MiB (core/memory.py); 0 leaves glibc alone.
+    "malloc_mmap_threshold": _Rule(
+        int, f"0 or an integer between {MMAP_THRESHOLD_MIN} and {MMAP_THRESHOLD_MAX}",
+        lambda v: v == 0 or MMAP_THRESHOLD_MIN <= v <= MMAP_THRESHOLD_MAX),
+    "malloc_trim_interval": _float_rule(0, strict=False),
     "metrics_enabled": _BOOL,
     "queue_stats_on_shutdown": _BOOL,
     "broker_metrics_port": _int_rule(0, 65535),
@@ -382,6 +390,15 @@ SETTING_DOCS: dict[str, str] = {
     ),
     "max_consecutive_errors": (
         "consecutive broker refusals after which an import connection closes with 1011"
+    ),
+    "malloc_mmap_threshold": (
+        "glibc: a block of at least this many bytes (a large frame) gets a mapping of its own, "
+        "returned to the system when freed; 0 leaves glibc's dynamic threshold, which keeps "
+        "large frames' memory after a storm ([operations](operations.md#memory))"
+    ),
+    "malloc_trim_interval": (
+        "glibc: seconds after a connection closes until free heap pages are returned to the "
+        "system (`malloc_trim`), at most once per interval; 0 never trims"
     ),
     "metrics_enabled": (
         "serve `/metrics`"

@@ -622,7 +622,8 @@ def message_key(msg: pulsar.Message) -> tuple[int, int, int]:
     return (mid.ledger_id(), mid.entry_id(), mid.batch_index())
 
 
-def read_topic_counted(client: pulsar.Client, topic: str, expected: int = 0) -> TopicRead:
+def read_topic_counted(client: pulsar.Client, topic: str, expected: int = 0, *,
+                       receiver_queue_size: int = 1000) -> TopicRead:
     """Every message stored in ``topic``, read from the earliest with a Reader (acks nothing).
 
     **De-duplication, the one rule.** pulsar-lite may hand a reader the same stored entry
@@ -648,13 +649,17 @@ def read_topic_counted(client: pulsar.Client, topic: str, expected: int = 0) -> 
             unknown). More are still read; fewer are returned if no more come. With 0 the
             topic must not be empty (pulsar-lite then fails the "more available?" question
             with ``pulsar.UnknownError``).
+        receiver_queue_size: the reader's prefetch, in messages (pulsar-client's default,
+            1000). Give a few for messages of ~1 MB: pulsar-lite stalls a reader whose
+            prefetch is that large after ~100 of them (docs/performance.md).
     """
     stored: dict[tuple[int, int, int], bytes] = {}
     duplicates = 0
     for _ in range(READ_PASSES):
         stalled = False
         this_pass: set[tuple[int, int, int]] = set()
-        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        reader = client.create_reader(topic, pulsar.MessageId.earliest,
+                                      receiver_queue_size=receiver_queue_size)
         try:
             while True:
                 # Asked only once the expected messages are in: pulsar-lite fails "more
