@@ -166,7 +166,12 @@ class WorkerPool:
             os.close(write_end)
         assert process.stdin is not None
         # The stdin pipe stays open for the worker's life: its end means the parent is gone.
-        await process.stdin.send_all(encode_settings(self._worker_settings))
+        try:
+            await process.stdin.send_all(encode_settings(self._worker_settings))
+        except trio.BrokenResourceError:
+            # It died at once; its exit (code and all) is reported by the caller's wait.
+            LOGGER.warning("worker %d (pid %d) exited before it read its settings", index,
+                           process.pid)
         return process, trio.lowlevel.FdStream(read_end)
 
     async def _keep_worker(self, index: int) -> None:

@@ -72,12 +72,12 @@ def open_shared_listeners(host: str, port: int) -> list[trio.SocketListener]:
     Raises:
         ReusePortError: as `bind_shared`, or ``listen`` failed.
     """
-    listeners = []
-    for sock in bind_shared(host, port):
-        try:
+    sockets = bind_shared(host, port)
+    try:
+        for sock in sockets:
             sock.listen(BACKLOG)
-        except OSError as exc:
+    except OSError as exc:
+        for sock in sockets:
             sock.close()
-            raise ReusePortError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-    return listeners
+        raise ReusePortError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
