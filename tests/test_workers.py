@@ -254,3 +254,35 @@ async def test_a_port_that_cannot_be_shared_fails_start_up_with_exit_1(tmp_path:
             gateway.stop(0.0)
     assert code == 1, gateway.log()
     assert gateway.find(rf"quiesce: error: cannot listen on 127\.0\.0\.1:{port}"), gateway.log()
+
+
+async def test_sighup_to_the_parent_reloads_the_tokens_of_every_worker(tmp_path: Path) -> None:
+    """SIGHUP is forwarded: each worker logs its reload, and a new token works on any worker."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[tokens.a]\ntoken = "tok-a"\nmetrics = true\n')
+    async with open_gateway_process("--workers", "2", "--tokens-file", str(tokens),
+                                    data_dir=tmp_path) as gateway:
+        pids = worker_pids(gateway)
+        status_before, _ = await http_get(gateway.port, "/metrics?token=tok-b")
+        tokens.write_text('[tokens.a]\ntoken = "tok-a"\nmetrics = true\n'
+                          '[tokens.b]\ntoken = "tok-b"\nmetrics = true\n')
+        mark = len(gateway.lines)
+        gateway.signal(signal.SIGHUP)
+        reloaded: set[int] = set()
+        with trio.fail_after(SHORT):
+            while len(reloaded) < 2:
+                line = (await gateway.wait_line_async(r"tokens reloaded from .*worker_pid=(\d+)",
+                                                      mark)).string
+                mark = gateway.lines.index(line, mark) + 1
+                match = re.search(r"worker_pid=(\d+)", line)
+                assert match is not None
+                reloaded.add(int(match.group(1)))
+        statuses = [(await http_get(gateway.port, "/metrics?token=tok-b"))[0] for _ in range(6)]
+        gateway.signal(signal.SIGTERM)
+        code = await gateway.wait_exit_async(EXIT_BOUND)
+    print(f"\nSIGHUP: reloaded by {sorted(reloaded)} of {pids}; tok-b before {status_before}, "
+          f"after {statuses}")
+    assert status_before == 401
+    assert reloaded == set(pids.values())
+    assert statuses == [200] * 6
+    assert code == 0, gateway.log()
