@@ -403,7 +403,8 @@ async def _watch_signals(supervisor: Supervisor) -> None:
 
 def _parent_gone(supervisor: Supervisor) -> None:
     if not supervisor.shutdown_requested.is_set():
-        LOGGER.warning("the parent process is gone: draining")
+        LOGGER.warning("stdin closed (the parent is gone, or stopped this worker as it "
+                       "started): draining")
         supervisor.request_shutdown()
 
 

@@ -92,6 +92,7 @@ class WorkerPool:
         self._finished = trio.Event()
         self._announced = False
         self._nursery: trio.Nursery | None = None
+        self._serving: set[int] = set()  # pids of the workers that said ready
 
     async def run(self) -> int:
         """Run the pool until a drain completes; return the exit code (0: all exited 0)."""
@@ -194,6 +195,7 @@ class WorkerPool:
             assert process.stdin is not None
             await process.stdin.aclose()
             del self.processes[index]
+            self._serving.discard(process.pid)
             _mark_process_dead(process.pid)
             self.machine.exited(index=index, code=code)
             lived = trio.current_time() - started
@@ -204,7 +206,7 @@ class WorkerPool:
                            "worker %d (pid %d) exited with code %d", index, process.pid, code,
                            extra={"worker": index, "worker_pid": process.pid, "code": code})
                 if self.machine.start_failure is not None:
-                    self._signal_all(signal.SIGTERM)  # the pool cannot start: stop the rest
+                    await self._signal_all(signal.SIGTERM)  # the pool cannot start: stop the rest
                 return
             streak = 0 if lived >= RESTART_STREAK_RESET else streak + 1
             delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** (streak - 1)) \
@@ -221,6 +223,7 @@ class WorkerPool:
                 return  # a drain came first: this worker stays down
 
     def _note_ready(self, index: int, process: trio.Process) -> None:
+        self._serving.add(process.pid)
         self.machine.ready(index=index)
         LOGGER.info("worker %d ready (pid %d)", index, process.pid,
                     extra={"worker": index, "worker_pid": process.pid})
@@ -233,8 +236,19 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- signals
 
-    def _signal_all(self, signum: int) -> None:
+    async def _signal_all(self, signum: int) -> None:
+        """Pass ``signum`` to every live worker that serves.
+
+        A worker still starting may not have its signal handlers yet (the signal would kill
+        it): a drain reaches it by its stdin closing instead, which it reads as "stop" once
+        it runs (``actors/pool_link.py``), and a SIGHUP does not reach it (it reads the
+        tokens file as it starts).
+        """
         for index, process in list(self.processes.items()):
+            if process.pid not in self._serving:
+                if signum in (signal.SIGTERM, signal.SIGINT) and process.stdin is not None:
+                    await process.stdin.aclose()
+                continue
             try:
                 process.send_signal(signum)
             except ProcessLookupError:  # exited a moment ago; its keeper reports it
@@ -248,13 +262,13 @@ class WorkerPool:
                 if signum == signal.SIGHUP:
                     LOGGER.info("SIGHUP received: forwarded to %d workers", len(self.processes),
                                 extra={"signal": name})
-                    self._signal_all(signum)
+                    await self._signal_all(signum)
                 elif not self._drain_requested.is_set():
                     LOGGER.info("%s received: draining %d workers", name, len(self.processes),
                                 extra={"signal": name})
                     self._drain_requested.set()
                     self.machine.drain()
-                    self._signal_all(signum)
+                    await self._signal_all(signum)
                     if self.machine.finished:  # no worker was alive (all waiting to restart)
                         self._finished.set()
                     else:
@@ -263,7 +277,7 @@ class WorkerPool:
                 elif signum == signal.SIGINT:
                     LOGGER.warning("second SIGINT: forcing %d workers", len(self.processes),
                                    extra={"signal": name})
-                    self._signal_all(signum)
+                    await self._signal_all(signum)
 
     async def _kill_stuck_workers(self) -> None:
         await trio.sleep(self.settings.shutdown_timeout + WORKER_EXIT_MARGIN)

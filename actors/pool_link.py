@@ -8,7 +8,9 @@ A worker is ``python supervisor.py serve --worker INDEX --notify-fd FD`` (intern
 * it writes ``ready`` to file descriptor FD, a pipe the parent reads, once it serves (the
   pipe's end of file without it: the worker died starting);
 * the parent keeps the worker's stdin open while it lives: end of file there means the parent
-  is gone (killed), and the worker drains as on SIGTERM rather than serve on, orphaned;
+  is gone (killed), and the worker drains as on SIGTERM rather than serve on, orphaned. The
+  parent also closes it on purpose to stop a worker that is still starting (one that may not
+  have its signal handlers yet);
 * every log line of the worker carries ``worker=INDEX worker_pid=PID`` (`WorkerFields`).
 """
 

@@ -286,3 +286,23 @@ async def test_sighup_to_the_parent_reloads_the_tokens_of_every_worker(tmp_path:
     assert reloaded == set(pids.values())
     assert statuses == [200] * 6
     assert code == 0, gateway.log()
+
+
+async def test_sigterm_while_the_workers_start_stops_them_all_with_exit_0(tmp_path: Path) -> None:
+    """A SIGTERM as soon as the workers are spawned: nothing is left running, exit 0."""
+    gateway = GatewayProcess.start("--workers", "2", "--shutdown-timeout",
+                                   str(SHUTDOWN_TIMEOUT), data_dir=tmp_path)
+    try:
+        with trio.fail_after(SHORT):
+            await gateway.wait_line_async(r"worker 1 started")
+        gateway.signal(signal.SIGTERM)
+        code = await gateway.wait_exit_async(EXIT_BOUND)
+    finally:
+        gateway.stop(0.0)
+    pids = list(worker_pids(gateway).values())
+    left = await wait_gone(pids)
+    print(f"\nSIGTERM at start-up: exit={code}, ready before it: "
+          f"{bool(gateway.find('ready on'))}, workers {pids} left {left}")
+    assert code == 0, gateway.log()
+    assert left == []
+    assert gateway.find(r"embedded broker stopped"), gateway.log()
