@@ -184,6 +184,10 @@ class WorkerPool:
             self.machine.spawned()
             LOGGER.info("worker %d started (pid %d)", index, process.pid,
                         extra={"worker": index, "worker_pid": process.pid})
+            if not self.machine.accepting_restarts:
+                # A drain or an abort came while it was being spawned: stop it as it starts.
+                assert process.stdin is not None
+                await process.stdin.aclose()
             started = trio.current_time()
             async with notify:
                 said = b""
@@ -209,8 +213,7 @@ class WorkerPool:
                     await self._signal_all(signal.SIGTERM)  # the pool cannot start: stop the rest
                 return
             streak = 0 if lived >= RESTART_STREAK_RESET else streak + 1
-            delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** (streak - 1)) \
-                if streak else RESTART_BACKOFF_FIRST
+            delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** max(streak - 1, 0))
             if self.metrics is not None:
                 self.metrics.worker_restarts.labels(str(index)).inc()
             LOGGER.warning("worker %d (pid %d) exited with code %d while serving: restart %d "

@@ -36,7 +36,14 @@ class PoolMachine(Lifecycle):
     stopped = State(final=True)
     failed = State(final=True)
 
-    spawned = stays(starting, on="count_spawn") | stays(serving, on="count_spawn")
+    # Spawning takes a moment: a drain (or an abort) may come while a worker is being
+    # spawned; it is counted all the same, and the actor stops it (``accepting_restarts``).
+    spawned = (
+        stays(starting, on="count_spawn")
+        | stays(serving, on="count_spawn")
+        | stays(draining, on="count_spawn")
+        | stays(aborting, on="count_spawn")
+    )
     ready = (
         starting.to(serving, cond="last_to_be_ready", on="note_ready")
         | stays(starting, unless="last_to_be_ready", on="note_ready")
