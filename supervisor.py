@@ -4,7 +4,7 @@ Commands::
 
     quiesce serve [--host H] [--port P] [--pulsar-url URL] [--data-dir DIR] [--config FILE]
                   [--shutdown-timeout S] [--secret TOKEN] [--tokens-file FILE]
-                  [--log-format text|json] [--log-level L]
+                  [--log-format text|json] [--log-level L] [--workers N]
     quiesce config [same flags]     print the effective settings and where each came from
     quiesce diagrams [--out DIR]    render every lifecycle to SVG and Mermaid
     quiesce import --url ws://HOST:PORT … FILE…   load JSON Lines or RDF (quiesce.client)
@@ -16,6 +16,10 @@ The supervisor tree (see docs/architecture.md)::
      ├─ Broker            open_broker(): embedded pulsar-lite or an external URL; closed last
      ├─ WebSocket server  websockets.trio, its handlers in a nursery of their own
      └─ Connection actors  one per socket (ImportActor / ExportActor), each with its worker
+
+With ``--workers N`` (N > 1) this process is the parent of N such gateways sharing the port
+(``actors/pool.py``); each worker runs ``serve --worker INDEX --notify-fd FD`` (internal flags:
+settings on its stdin, see ``actors/pool_link.py``).
 
 SIGHUP reloads the tokens file (``reload_tokens``): new handshakes use the new tokens, open
 connections are left alone, and a file that does not load keeps the tokens in use.
@@ -69,7 +73,10 @@ from quiesce.actors.exporter import ExportWorker
 from quiesce.actors.http import HttpFront
 from quiesce.actors.importer import ImportWorker
 from quiesce.actors.memory import Trimmer
-from quiesce.actors.metrics import Metrics
+from quiesce.actors.metrics import REFRESH_INTERVAL, Metrics
+from quiesce.actors.pool import run_pool
+from quiesce.actors.pool_link import WorkerFields, WorkerLink, read_settings
+from quiesce.actors.reuseport import ReusePortError, open_shared_listeners
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
 from quiesce.actors.websocket import GatewayConnection
 from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
@@ -112,22 +119,28 @@ class Supervisor:
 
     Args:
         settings: the effective settings.
+        worker: this process's link to its parent when it is one worker of ``--workers N``
+            (it then listens with SO_REUSEPORT, its metrics are summed with the others', and
+            it tells the parent when it is ready); None for a gateway of one process.
 
     Raises:
         ConfigError: the tokens file (``tokens_file``) cannot be read or is malformed.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: WorkerLink | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.machine = SupervisorMachine()
         self.machine.observe(TransitionLog(LOGGER, "supervisor", "supervisor"))
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            None if worker is None else os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.broker_health = BrokerMachine()
         self.broker_health.observe(TransitionLog(LOGGER, "broker", "broker"))
         self._monitor_scope = trio.CancelScope()
         # Freed heap goes back to the system after connections close (core/memory.py).
         self.trimmer = Trimmer(glibc(), settings.malloc_trim_interval)
         self._trim_scope = trio.CancelScope()
+        self._refresh_scope = trio.CancelScope()
         # Read before the loop serves anything: a small local file, and a bad one stops
         # start-up (exit 2) rather than leaving the gateway open or shut.
         tokens = load_tokens(settings.tokens_file) if settings.tokens_file else TokenSet()
@@ -135,8 +148,8 @@ class Supervisor:
                                tokens.with_secret(settings.secret))
         self.actors: set[ConnectionActor] = set()
         # Queue depths are read when scraped, not updated per message on the hot path.
-        self.metrics.publisher_queue_depth.set_function(self._publisher_depth)
-        self.metrics.subscriber_queue_depth.set_function(self._subscriber_depth)
+        self.metrics.gauge_function(self.metrics.publisher_queue_depth, self._publisher_depth)
+        self.metrics.gauge_function(self.metrics.subscriber_queue_depth, self._subscriber_depth)
         self.port = 0
         self.url = ""
         self.shutdown_requested = trio.Event()
@@ -222,15 +235,16 @@ class Supervisor:
                         LOGGER.info("stopping: a signal came during start-up")
                         await server.aclose()
                     else:
-                        LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
-                                    ", embedded" if broker.embedded else "",
-                                    extra={"url": self.url, "broker": broker.url})
+                        self._announce(broker)
                         nursery.start_soon(self._monitor, broker)
                         nursery.start_soon(self._trim)
+                        if self.metrics.multiprocess_dir is not None:
+                            nursery.start_soon(self._refresh_metrics)
                         await self.shutdown_requested.wait()
                         await self._drain(server, nursery)
                         self._monitor_scope.cancel(reason="stopped")
                         self._trim_scope.cancel(reason="stopped")
+                        self._refresh_scope.cancel(reason="stopped")
         except* (BrokerError, OSError, StartupError) as group:
             # Errors from inside the nursery arrive wrapped in an ExceptionGroup.
             failure = group.exceptions[0]
@@ -241,6 +255,24 @@ class Supervisor:
             raise StartupError(str(failure)) from failure
         if not self.unclean:  # after a failure the machine is already in ``failed``
             self.machine.exit()
+
+    def _announce(self, broker: Broker) -> None:
+        if self.worker is None:
+            LOGGER.info("ready on %s (broker %s%s)", self.url, broker.url,
+                        ", embedded" if broker.embedded else "",
+                        extra={"url": self.url, "broker": broker.url})
+            return
+        # Not "ready on": that line is the parent's, once every worker serves.
+        LOGGER.info("worker %d serving on %s (broker %s)", self.worker.index, self.url,
+                    broker.url, extra={"url": self.url, "broker": broker.url})
+        self.worker.notify_ready()
+
+    async def _refresh_metrics(self) -> None:
+        # Periodic by design: multiprocess mode has no set_function (actors/metrics.py).
+        with self._refresh_scope:
+            while True:
+                self.metrics.refresh()
+                await trio.sleep(REFRESH_INTERVAL)
 
     async def _monitor(self, broker: Broker) -> None:
         with self._monitor_scope:
@@ -253,12 +285,17 @@ class Supervisor:
     async def _listen(self, nursery: trio.Nursery, services: Services) -> Server:
         settings = self.settings
         handler = functools.partial(self._handle, services=services)
+        where: dict[str, Any] = {"port": settings.port, "host": settings.host}
+        if self.worker is not None:
+            try:
+                where = {"listeners": open_shared_listeners(settings.host, settings.port)}
+            except ReusePortError as exc:
+                raise StartupError(str(exc)) from exc
         try:
             server: Server = await nursery.start(functools.partial(
                 ws_serve,
                 handler,
-                settings.port,
-                host=settings.host,
+                **where,
                 process_request=self.front,
                 create_connection=GatewayConnection,
                 compression=None,
@@ -394,16 +431,30 @@ def apply_allocator_policy(settings: Settings) -> None:
                        "keep their memory after they are freed", allocator.version, threshold)
 
 
-async def run_process(settings: Settings) -> int:
-    """Serve until a signal's drain completes; return the exit code."""
+def _parent_gone(supervisor: Supervisor) -> None:
+    if not supervisor.shutdown_requested.is_set():
+        LOGGER.warning("stdin closed (the parent is gone, or stopped this worker as it "
+                       "started): draining")
+        supervisor.request_shutdown()
+
+
+async def run_process(settings: Settings, worker: WorkerLink | None = None) -> int:
+    """Serve until a signal's drain completes; return the exit code.
+
+    Args:
+        settings: the effective settings.
+        worker: set when this process is one worker of ``--workers N`` (see `Supervisor`).
+    """
     apply_allocator_policy(settings)
     try:
-        supervisor = Supervisor(settings)
+        supervisor = Supervisor(settings, worker)
     except ConfigError as exc:
         print(f"quiesce: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, supervisor)
+        if worker is not None:
+            nursery.start_soon(worker.watch_parent, functools.partial(_parent_gone, supervisor))
         try:
             await supervisor.serve()
         except StartupError as exc:
@@ -435,6 +486,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", dest="log_format", default=s, help="text or json")
     parser.add_argument("--log-level", dest="log_level", default=s,
                         help="debug, info, warning or error")
+    parser.add_argument("--workers", default=s,
+                        help="worker processes sharing the port, under one parent (1)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -445,6 +498,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the gateway")
     _add_setting_flags(serve)
+    # Internal: how the parent of --workers N starts each worker (actors/pool_link.py).
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--notify-fd", dest="notify_fd", type=int, default=None,
+                       help=argparse.SUPPRESS)
     config = sub.add_parser("config", help="print the effective settings and their sources")
     _add_setting_flags(config)
     config.add_argument("--reference", action="store_true",
@@ -457,14 +514,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
     flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "config", "reference")}
+             if k not in ("command", "config", "reference", "worker", "notify_fd")}
     return load_settings(flags, os.environ, getattr(args, "config", None))
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send logs to stderr in the chosen format (the process's only logging set-up)."""
+def configure_logging(settings: Settings, worker: int | None = None) -> None:
+    """Send logs to stderr in the chosen format (the process's only logging set-up).
+
+    A worker of ``--workers N`` (``worker``, its index) tags every line with its index and pid.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerFields(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -526,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quiesce: error: {exc}", file=sys.stderr)
             return EXIT_STARTUP
         return EXIT_OK
+    if args.command == "serve" and args.worker is not None:
+        return _serve_worker(args.worker, args.notify_fd)
     try:
         loaded = _load(args)
     except ConfigError as exc:
@@ -535,8 +599,28 @@ def main(argv: list[str] | None = None) -> int:
         print(render_settings(loaded), end="")
         return EXIT_OK
     configure_logging(loaded.settings)
+    serve = run_pool if loaded.settings.workers > 1 else run_process
     try:
-        code = trio.run(run_process, loaded.settings)
+        code = trio.run(serve, loaded.settings)
+    except KeyboardInterrupt:  # a SIGINT before the signal receiver was installed
+        code = 130
+    _leave(code)
+    return code  # not reached
+
+
+def _serve_worker(index: int, notify_fd: int | None) -> int:
+    """Run as worker ``index`` of a pool: settings from stdin, ready on ``notify_fd``."""
+    if notify_fd is None:
+        print("quiesce: error: --worker needs --notify-fd", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = read_settings(sys.stdin.buffer)
+    except ConfigError as exc:
+        print(f"quiesce: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings, index)
+    try:
+        code = trio.run(run_process, settings, WorkerLink(index, notify_fd))
     except KeyboardInterrupt:  # a SIGINT before the signal receiver was installed
         code = 130
     _leave(code)

@@ -237,6 +237,25 @@ async def _probe(client: pulsar.Client, url: str) -> None:
 
 
 @contextlib.asynccontextmanager
+async def open_embedded_broker(settings: Settings) -> AsyncIterator[str]:
+    """Start the embedded broker alone, yield its ``pulsar://`` URL, and stop it on exit.
+
+    The parent of ``--workers N`` runs one for all its workers (each is given the URL as its
+    ``pulsar_url``); a single process starts it inside `open_broker` instead.
+
+    Raises:
+        BrokerError: it could not start (the message carries its log tail).
+    """
+    process, url = await _start_embedded(settings)
+    LOGGER.info("embedded broker started", extra={"url": url, "pid": process.pid})
+    try:
+        yield url
+    finally:
+        await _stop_process(process)
+        LOGGER.info("embedded broker stopped", extra={"url": url})
+
+
+@contextlib.asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Start (or reach) the broker, yield it, and stop it last.
 

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import uuid
@@ -93,6 +94,10 @@ __all__ = [
     "triples_payloads",
     "ws_url",
 ]
+
+
+# The parent's line for each worker process it starts (``serve --workers N``).
+WORKER_STARTED = r"worker (\d+) started \(pid (\d+)\)"
 
 
 def triples_payloads(n: int, start: int = 0) -> list[str]:
@@ -268,6 +273,9 @@ def bench_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1_000,
                         help="untimed messages through every path first (1000; 0: none)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the gateway's worker processes (1; >1 runs serve --workers N, "
+                             "sets QUIESCE_WORKERS)")
     parser.add_argument("--profile", choices=("tg1", "tg2"), default=None,
                         help="TrustGraph profile of the gateway and the data (tg1; sets "
                              "QUIESCE_PROFILE)")
@@ -278,6 +286,8 @@ def apply_profile(args: argparse.Namespace) -> None:
     """Make ``--profile`` the profile of this run: the gateway and the data both follow it."""
     if args.profile is not None:
         os.environ["QUIESCE_PROFILE"] = args.profile
+    if getattr(args, "workers", 1) > 1:
+        os.environ["QUIESCE_WORKERS"] = str(args.workers)
 
 
 @dataclass
@@ -303,19 +313,26 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig() -> Iterator[Rig]:
+def rig(*args: str) -> Iterator[Rig]:
     """Start a broker, a gateway process on it and a client; stop them all at the end.
 
     The gateway logs at ``info`` and sees this environment's ``QUIESCE_*`` settings (so a run
-    can be tuned, and `topic_for` agrees with it). A gateway that did not exit cleanly on
-    SIGTERM is reported on stderr.
+    can be tuned, and `topic_for` agrees with it), then ``args`` (more ``serve`` flags, e.g.
+    ``--workers 2``). A gateway that did not exit cleanly on SIGTERM is reported on stderr.
+    With worker processes, the meter's ``gateway`` is the parent and each worker has its own
+    entry (``w0``, ``w1``…) after ``bench``.
     """
     with (pulsar_lite() as broker,
-          gateway_process("--log-level", "info", pulsar_url=broker.url,
+          gateway_process("--log-level", "info", *args, pulsar_url=broker.url,
                           keep_quiesce_env=True) as gateway):
         client = pulsar.Client(broker.url, operation_timeout_seconds=30,
                                logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
-        meter = CpuMeter({"gateway": gateway.pid, "broker": broker.pid, "bench": os.getpid()})
+        pids = {"gateway": gateway.pid, "broker": broker.pid, "bench": os.getpid()}
+        for line in gateway.find(WORKER_STARTED):
+            match = re.search(WORKER_STARTED, line)
+            assert match is not None
+            pids[f"w{match.group(1)}"] = int(match.group(2))
+        meter = CpuMeter(pids)
         try:
             yield Rig(broker, gateway, client, meter)
         finally:

@@ -88,6 +88,7 @@ class Settings:
     pulsar_url: str | None = None
     data_dir: str = ".quiesce"
     shutdown_timeout: float = 30.0
+    workers: int = 1
     secret: str | None = field(default=None, repr=False)
     tokens_file: str | None = None
     log_format: str = "text"
@@ -254,6 +255,8 @@ _RULES: dict[str, _Rule] = {
     ),
     "data_dir": _NON_EMPTY,
     "shutdown_timeout": _float_rule(0, strict=True),
+    # One process (1), or a parent and this many worker processes (actors/pool.py).
+    "workers": _int_rule(1, 64),
     "secret": _Rule(str, "a non-empty string", lambda v: v != "", optional=True),
     # Scoped tokens (core/tokens.py), read at start-up and on SIGHUP.
     "tokens_file": _Rule(str, "a non-empty string (a path)", lambda v: v != "", optional=True),
@@ -312,6 +315,11 @@ SETTING_DOCS: dict[str, str] = {
     ),
     "shutdown_timeout": (
         "bound of the whole drain after SIGTERM/SIGINT, seconds"
+    ),
+    "workers": (
+        "worker processes sharing the port (SO_REUSEPORT) under one parent that forwards "
+        "signals and restarts a crashed worker; 1 runs the gateway in one process (see "
+        "[Workers](#workers-several-processes-on-one-port))"
     ),
     "secret": (
         "token required by WebSockets and `/metrics`"

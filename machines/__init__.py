@@ -9,6 +9,7 @@ from quiesce.machines._base import Lifecycle
 from quiesce.machines.broker import BrokerMachine
 from quiesce.machines.connection import ConnectionMachine
 from quiesce.machines.delivery import DeliveryLedger
+from quiesce.machines.pool import PoolMachine
 from quiesce.machines.receipts import ReceiptLedger, Rejection
 from quiesce.machines.supervisor import SupervisorMachine
 from quiesce.machines.worker import Ledger, WorkerMachine
@@ -20,6 +21,7 @@ __all__ = [
     "DeliveryLedger",
     "Ledger",
     "Lifecycle",
+    "PoolMachine",
     "ReceiptLedger",
     "Rejection",
     "SupervisorMachine",
@@ -32,4 +34,5 @@ ALL_MACHINES: tuple[type[Lifecycle], ...] = (
     ConnectionMachine,
     WorkerMachine,
     BrokerMachine,
+    PoolMachine,
 )

@@ -15,6 +15,7 @@ from quiesce.machines import (
     ConnectionMachine,
     DeliveryLedger,
     Lifecycle,
+    PoolMachine,
     ReceiptLedger,
     SupervisorMachine,
     WorkerMachine,
@@ -502,3 +503,108 @@ def test_until_end_with_client_acks_waits_for_them() -> None:
     assert not ledger.end_due(quiet=True)
     ledger.apply_ack('{"ack": 1}')
     assert ledger.end_due(quiet=True)
+
+
+# -------------------------------------------------------------- pool (--workers N)
+
+
+def serving_pool(size: int = 2) -> PoolMachine:
+    """A pool whose ``size`` workers were spawned and have all said ready."""
+    machine = PoolMachine(size)
+    for _ in range(size):
+        machine.spawned()
+    for index in range(size):
+        machine.ready(index=index)
+    return machine
+
+
+def test_the_pool_serves_once_every_worker_has_been_ready() -> None:
+    """``serving`` only when the last worker says ready; a repeated ready does not count."""
+    machine = PoolMachine(2)
+    machine.spawned()
+    machine.spawned()
+    machine.ready(index=0)
+    machine.ready(index=0)
+    assert machine.state == "starting"
+    machine.ready(index=1)
+    assert machine.state == "serving"
+
+
+def test_a_worker_exiting_while_serving_is_restarted_and_counted() -> None:
+    """An exit while serving is a crash: restart due, counted; the pool keeps serving."""
+    machine = serving_pool()
+    machine.exited(index=1, code=-9)
+    assert machine.state == "serving" and machine.restart_due and machine.restarts == 1
+    assert machine.accepting_restarts and machine.alive == 1
+    machine.spawned()
+    assert not machine.restart_due and machine.alive == 2
+    machine.ready(index=1)
+    assert machine.state == "serving"
+
+
+def test_the_drain_ends_when_the_last_worker_exits_and_is_clean_only_with_exit_0() -> None:
+    """During the drain no exit is restarted; a non-zero exit makes the drain unclean."""
+    machine = serving_pool()
+    machine.drain()
+    assert machine.state == "draining" and not machine.accepting_restarts
+    machine.exited(index=0, code=0)
+    assert machine.state == "draining" and not machine.restart_due
+    machine.exited(index=1, code=1)
+    assert machine.state == "stopped" and machine.finished and not machine.clean
+    assert machine.restarts == 0
+
+
+def test_a_drain_while_every_worker_waits_for_its_restart_stops_at_once() -> None:
+    """No worker alive (all crashed, restarts pending): the drain has nothing to wait for."""
+    machine = PoolMachine(1)
+    machine.spawned()
+    machine.ready(index=0)
+    machine.exited(index=0, code=-9)
+    machine.drain()
+    assert machine.state == "stopped" and machine.clean
+
+
+def test_a_worker_that_dies_before_it_was_ever_ready_aborts_the_pool() -> None:
+    """Start-up failure: the others are stopped, nothing restarts, the pool fails."""
+    machine = PoolMachine(2)
+    machine.spawned()
+    machine.spawned()
+    machine.ready(index=0)
+    machine.exited(index=1, code=1)
+    assert machine.state == "aborting" and machine.start_failure == (1, 1)
+    assert not machine.restart_due and not machine.accepting_restarts
+    machine.drain()
+    assert machine.state == "aborting"
+    machine.exited(index=0, code=0)
+    assert machine.state == "failed" and machine.finished
+
+
+def test_a_worker_that_crashes_after_its_ready_while_others_start_is_restarted() -> None:
+    """In starting, an exit of a worker that had been ready is a crash, not a failed start."""
+    machine = PoolMachine(2)
+    machine.spawned()
+    machine.spawned()
+    machine.ready(index=0)
+    machine.exited(index=0, code=-9)
+    assert machine.state == "starting" and machine.restart_due and machine.restarts == 1
+
+
+def test_the_pool_refuses_impossible_events() -> None:
+    """No fail once a worker lives, nothing after the end."""
+    with pytest.raises(ValueError, match=r"^size must be >= 1, not 0$"):
+        PoolMachine(0)
+    machine = PoolMachine(1)
+    machine.spawned()
+    refused(machine, "fail")
+    machine.ready(index=0)
+    machine.drain()
+    machine.spawned()  # a spawn that raced the drain is counted (the actor stops it)
+    machine.exited(index=0, code=0)
+    assert machine.state == "draining"
+    machine.exited(index=0, code=0)
+    assert machine.state == "stopped"
+    for event in ("drain", "spawned", "fail"):
+        refused(machine, event)
+    fresh = PoolMachine(1)
+    fresh.fail()
+    assert fresh.state == "failed"
