@@ -78,7 +78,7 @@ from quiesce.actors.pool import run_pool
 from quiesce.actors.pool_link import WorkerFields, WorkerLink, read_settings
 from quiesce.actors.reuseport import ReusePortError, open_shared_listeners
 from quiesce.actors.subscriber import CONSUMER_CLOSE_TIMEOUT
-from quiesce.actors.websocket import GatewayConnection
+from quiesce.actors.websocket import GatewayConnection, connection_class
 from quiesce.client.cli import CLIENT_COMMANDS, add_client_commands, run_client
 from quiesce.core.config import (
     LoadedSettings,
@@ -97,9 +97,6 @@ from quiesce.machines.supervisor import SupervisorMachine
 
 LOGGER = logging.getLogger("quiesce.supervisor")
 
-# Frames the WebSocket layer may buffer per connection before it stops reading the socket
-# (websockets' default is 16; more keeps the reader busy between scheduler turns).
-WS_MAX_QUEUE = 64
 # Longest wait for the tokens file on SIGHUP before the reload is given up.
 TOKENS_RELOAD_TIMEOUT = 5.0
 # Exit codes: 0 after a drain (graceful or forced), 1 when start-up failed, 2 for usage errors.
@@ -297,10 +294,12 @@ class Supervisor:
                 handler,
                 **where,
                 process_request=self.front,
-                create_connection=GatewayConnection,
+                create_connection=connection_class(settings.import_buffer_bytes),
                 compression=None,
                 max_size=settings.max_message_bytes,
-                max_queue=WS_MAX_QUEUE,
+                # websockets' flow control counts frames and stops reading when they are
+                # many, control frames included: GatewayConnection bounds bytes instead.
+                max_queue=None,
                 close_timeout=settings.socket_grace_period,
             ))
         except OSError as exc:

@@ -163,6 +163,7 @@ class ConnectionActor:
         self.log_fields = {"conn": self.id, "flow": self.route.flow, "kind": self.route.kind}
         if ws.credential is not None:
             self.log_fields["token"] = ws.credential  # a token's name, never the token
+        ws.log_fields = self.log_fields  # the socket's own lines (keepalive) name the connection
         self.deadlines = Deadlines()
         # Cancelled to stop taking frames/messages: the first step of every drain.
         self.intake_scope = trio.CancelScope()

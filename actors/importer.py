@@ -3,18 +3,25 @@
 Theory of operation. Per connection, two tasks and one ledger:
 
 - ``take`` (the intake) waits until fewer than ``publisher_max_queue_size`` frames are in
-  flight, then reads one frame; it numbers it in the ``ReceiptLedger``, parses it, detects
-  its wire format (TrustGraph 1.x or 2.x), validates it and converts it into the flow's
-  profile's Pulsar payload (``core/convert.py``), and hands that to the producer; or it
-  rejects the frame at once (an error frame is owed), e.g. when the profile cannot carry
-  it without losing something. Awaiting
-  happens only where no frame is held, so cancelling intake — the first step of every
-  drain — can never lose a received frame.
+  flight (meanwhile the socket is still read, ahead, within ``import_buffer_bytes``: see
+  ``actors/websocket.py``), then reads one frame; it numbers it in the ``ReceiptLedger``,
+  parses it, detects its wire format (TrustGraph 1.x or 2.x), validates it and converts it
+  into the flow's profile's Pulsar payload (``core/convert.py``), and hands that to the
+  producer; or it rejects the frame at once (an error frame is owed), e.g. when the profile
+  cannot carry it without losing something. Awaiting happens only where no frame is held,
+  so cancelling intake — the first step of every drain — can never lose a received frame.
 - the producer's confirmations arrive in batches (``_settled``) and settle frames in the
   ledger, which advances the watermark and counts consecutive failures.
 - the receipt sender (``_send_receipts``, a background task) writes what the ledger says is
   owed: error frames first, then ``{"ack": watermark}`` (see ``ReceiptLedger.take_flush``
   for why that order keeps receipts honest), coalesced every ``RECEIPT_INTERVAL``.
+
+The client's close while waiting for the broker: the wait for room also ends when the
+stream of frames does (the socket keeps being read, so the close is seen at once); intake
+reports the close, and the drain takes the frames read before it (CONTRACT §3: every frame
+received before the close is persisted before the close handshake completes) as room frees,
+under the same patience as the rest of the drain. If the broker does not come back in time,
+those frames were never receipted and the close is forced (1011): the client resends.
 
 ``drain`` waits for every frame to be settled, then concludes the worker's machine. It waits
 for as long as confirmations keep coming: ``publisher_drain_timeout`` bounds a silence, not
@@ -90,6 +97,10 @@ class ImportWorker:
         self._wait: trio.CancelScope | None = None  # the intake's current wait in a grace
         self._notice: str | None = None  # {"draining": …}, sent before anything else
         self._next_rejection_log = 0.0
+        # The client closed while intake waited for room: frames read before its close still
+        # wait in the socket's buffer, and the drain takes them.
+        self._rest_behind_close = False
+        conn.ws.wake = self._wake
         metrics = conn.metrics
         self._imported = metrics.imported.labels(route.kind)
         self._rejected = {code: metrics.rejected.labels(route.kind, code)
@@ -152,14 +163,51 @@ class ImportWorker:
 
         Neither wait holds a frame when it is cancelled: cancelling loses nothing.
         """
-        ledger, limit = self.ledger, self._limit
+        ledger, limit, ws = self.ledger, self._limit, self.conn.ws
         while ledger.in_flight >= limit:
+            if ws.stream_ended:
+                # The client closed (or went) while the broker kept us waiting: the close is
+                # reported now, not once room frees; the drain takes what was read before it.
+                self._rest_behind_close = ws.client_closed.is_set()
+                if self._rest_behind_close:
+                    LOGGER.info("client closed while %d frames wait for the broker: draining",
+                                ledger.in_flight, extra=self.conn.log_fields)
+                return None
             self._room = trio.Event()
             await self._room.wait()
         try:
-            return await self.conn.ws.receive_frame()
+            return await ws.receive_frame()
         except InvalidMessage as exc:
             return exc
+
+    def _wake(self) -> None:
+        """The stream of frames ended: end a wait for room (``_next_frame`` looks why)."""
+        self._room.set()
+
+    async def _take_rest(self, scope: trio.CancelScope) -> None:
+        """Take the frames read before the client's close, as room frees (each confirmation
+        renews the drain's ``scope``; when it ends, what is left was never numbered, so never
+        receipted)."""
+        ledger, limit, ws = self.ledger, self._limit, self.conn.ws
+        deadlines, patience = self.conn.deadlines, self.settings.publisher_drain_timeout
+        taken = 0
+        while ws.is_open:
+            while ledger.in_flight >= limit and ws.is_open:
+                before = ledger.in_flight
+                self._room = trio.Event()
+                await self._room.wait()
+                if ledger.in_flight < before:
+                    deadlines.renew(scope, patience)
+            try:
+                frame: str | bytes | InvalidMessage | None = await ws.receive_frame()
+            except InvalidMessage as exc:
+                frame = exc
+            if frame is None:
+                break
+            self._take(frame)
+            taken += 1
+        LOGGER.info("took %d frames read before the client's close", taken,
+                    extra=self.conn.log_fields)
 
     def _take(self, frame: str | bytes | InvalidMessage) -> None:
         """Number one frame and publish its payload, or reject it."""
@@ -284,6 +332,8 @@ class ImportWorker:
             # patience; a broker that confirms nothing for that long ends it. The server's
             # own deadline (a shutdown) caps it either way.
             with deadlines.within(patience) as scope:
+                if self._rest_behind_close:
+                    await self._take_rest(scope)
                 while not ledger.all_settled():
                     before = ledger.in_flight
                     self._room = trio.Event()

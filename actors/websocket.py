@@ -14,16 +14,35 @@ no other hook) and gives the actors their socket operations: ``receive_frame``,
 ``send_text``/``send_texts``, ``ending`` (why the stream of frames ended),
 ``close_after_drain`` and ``abort``. ``HeldCloseProtocol`` is also an ``AnsweringProtocol``
 (``actors/_request.py``): a request head that does not parse still gets an HTTP answer.
+
+Reading ahead, bounded in bytes. websockets' own flow control counts *frames* (``max_queue``)
+and stops reading the socket when that many wait: while the worker waits for the broker
+(an outage: no confirmations, so no room for more frames in flight), a close frame, a ping
+or a pong behind those frames was never seen, the client timed out with 1006 and the
+keepalive killed the connection. ``GatewayConnection`` turns that off (``serve`` gets
+``max_queue=None``) and bounds what it has read but the worker has not taken in *bytes*
+(``read_ahead_limit``, the setting ``import_buffer_bytes``; each frame also counts
+``FRAME_OVERHEAD`` so empty frames are bounded too): it keeps reading — control frames are
+handled as they come — until that much is buffered, and only then stops reading the socket
+(TCP backpressure; a close behind more than that is seen once the worker takes frames again,
+or the client's own close timeout ends it). It reads again once the buffer is down to half.
+Nothing read is ever dropped. Reading stops only after a complete message, never inside a
+fragmented one the worker is waiting for (that message is bounded by ``max_size``). The
+keepalive (``keepalive``) does not count a pong as missing while reading was paused by this
+bound, and a missing pong is a log line, not a traceback.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CLOSE, Close, Frame
+from websockets.frames import CLOSE, DATA_OPCODES, Close, Frame
 from websockets.protocol import CLOSING, OPEN, State
 from websockets.trio.server import ServerConnection
 
@@ -33,6 +52,19 @@ from quiesce.core.protocol import CloseCode
 
 if TYPE_CHECKING:
     from quiesce.core.routes import Route
+
+LOGGER = logging.getLogger("quiesce.websocket")
+
+# Bytes one buffered frame costs besides its payload (the Frame object, its bytes object and
+# the queue's slot, measured at about 200 on CPython 3.12): a flood of empty frames is
+# bounded too.
+FRAME_OVERHEAD = 200
+# Reading ahead stays within this many bytes unless told otherwise (``import_buffer_bytes``).
+DEFAULT_READ_AHEAD = 1024 * 1024
+
+
+def _nothing() -> None:
+    pass
 
 
 class Ending(enum.Enum):
@@ -93,9 +125,23 @@ class GatewayConnection(ServerConnection):
 
     route: Route
     credential: str | None = None
+    # The bound on bytes read ahead of the worker (see the module docstring); ``connection_class``
+    # sets it from the settings.
+    read_ahead_limit: int = DEFAULT_READ_AHEAD
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Bytes of frames read and not yet taken by the worker, the size of each complete
+        # message among them (oldest first), and the part of the message being assembled.
+        self._buffered = 0
+        self._sizes: collections.deque[int] = collections.deque()
+        self._partial = 0
+        self._limit: int | None = self.read_ahead_limit
+        self._pauses = 0  # times reading was paused by the bound (the keepalive reads it)
+        # Called when the stream of frames ends (the client's close, or the socket's end):
+        # a worker waiting for something else than a frame sets it to be woken.
+        self.wake: Callable[[], None] = _nothing
+        self.log_fields: dict[str, str] = {}
         # serve() builds a plain ServerProtocol and has no hook for a subclass; the subclass
         # adds behaviour only (no state of its own besides a class-level default).
         protocol = self.protocol
@@ -108,14 +154,50 @@ class GatewayConnection(ServerConnection):
         self.client_closed = trio.Event()
 
     def process_event(self, event: Any) -> None:
-        """Hand data frames to the assembler; on a held close, end the stream of messages."""
+        """Hand data frames to the assembler (counting their bytes: reading stops past the
+        bound); on a held close, end the stream of messages."""
         super().process_event(event)
-        if isinstance(event, Frame) and event.opcode is CLOSE and (
-            getattr(self.protocol, "held_close", None) is not None
-        ):
+        if not isinstance(event, Frame):
+            return
+        opcode = event.opcode
+        if opcode in DATA_OPCODES:
+            size = len(event.data) + FRAME_OVERHEAD
+            self._buffered += size
+            if not event.fin:
+                self._partial += size
+                return
+            self._sizes.append(self._partial + size)
+            self._partial = 0
+            limit = self._limit
+            if (limit is not None and self._buffered > limit
+                    and self.recv_flow_control is None):
+                self._pauses += 1
+                self.pause_reading()
+        elif opcode is CLOSE and getattr(self.protocol, "held_close", None) is not None:
             # Messages already queued stay readable; receive_frame() returns None after them.
             self.recv_messages.close()
             self.client_closed.set()
+            self.wake()
+
+    async def close_stream(self) -> None:
+        """Close the TCP stream (websockets' own), then wake a worker waiting on something."""
+        await super().close_stream()
+        self.wake()
+
+    @property
+    def stream_ended(self) -> bool:
+        """True once no more frames can come: the client's close arrived, or the socket is
+        gone (frames read before may still be queued)."""
+        return self.client_closed.is_set() or self.stream_closed.is_set()
+
+    def _taken(self) -> None:
+        """The worker took the oldest buffered message: read again once half the bound is free."""
+        if self._sizes:
+            self._buffered -= self._sizes.popleft()
+        limit = self._limit
+        if (self.recv_flow_control is not None and limit is not None
+                and self._buffered <= limit // 2):
+            self.resume_reading()
 
     @property
     def is_open(self) -> bool:
@@ -141,11 +223,14 @@ class GatewayConnection(ServerConnection):
             InvalidMessage: a text frame that is not valid UTF-8 (it is consumed).
         """
         try:
-            return await self.recv_messages.get()
+            message = await self.recv_messages.get()
         except EOFError:
             return None
         except UnicodeDecodeError as exc:
+            self._taken()
             raise InvalidMessage(f"not UTF-8: {exc.reason} at position {exc.start}") from None
+        self._taken()
+        return message
 
     async def send_text(self, text: str) -> bool:
         """Send one text frame. Returns False if the connection is gone."""
@@ -223,13 +308,64 @@ class GatewayConnection(ServerConnection):
         and the close is bounded by the grace period, so the buffer may grow until then.
         """
         self.recv_messages.high = self.recv_messages.low = None
+        self._limit = None
         if self.recv_flow_control is not None:
             self.resume_reading()
+
+    async def keepalive(self) -> None:
+        """websockets' keepalive (a ping every ``ping_interval``, a pong due within
+        ``ping_timeout``), with two changes.
+
+        A pong is not counted as missing while reading was paused by the read-ahead bound
+        since the ping was sent: the client proved alive by filling the buffer, and its pong
+        is behind data the gateway chose not to read yet (it waits for the broker). And a
+        missing pong closes the connection with 1011 and one log line, not a traceback.
+        """
+        interval, timeout = self.ping_interval, self.ping_timeout
+        assert interval is not None
+        try:
+            while True:
+                with trio.move_on_after(interval - self.latency):
+                    await self.stream_closed.wait()
+                    return
+                if self.client_closed.is_set():
+                    return  # the close handshake is under way, bounded by the drain
+                pauses = self._pauses
+                pong_received = await self.ping(ack_on_close=True)
+                if timeout is None:
+                    continue
+                while True:
+                    with trio.move_on_after(timeout):
+                        await pong_received.wait()
+                        break
+                    if self.client_closed.is_set():
+                        return
+                    if self.recv_flow_control is not None or self._pauses != pauses:
+                        pauses = self._pauses  # behind unread data: wait on
+                        continue
+                    LOGGER.warning("no pong within %gs of a keepalive ping: closing with 1011",
+                                   timeout, extra=self.log_fields)
+                    async with self.send_context():
+                        self.protocol.fail(CloseCode.INTERNAL, "keepalive ping timeout")
+                    return
+        except ConnectionClosed:
+            return  # the connection ended meanwhile: its end is logged where it is handled
 
     async def abort(self) -> None:
         """Drop the TCP connection without a close handshake (the forced path)."""
         self.stop_flow_control()
         await trio.aclose_forcefully(self.stream)
+
+
+def connection_class(read_ahead_limit: int) -> type[GatewayConnection]:
+    """``GatewayConnection`` with its read-ahead bound set (``serve`` takes a class)."""
+
+    class Configured(GatewayConnection):
+        pass
+
+    Configured.read_ahead_limit = read_ahead_limit
+    Configured.__name__ = Configured.__qualname__ = "GatewayConnection"
+    return Configured
 
 
 def _text_frame(payload: bytes) -> bytes:

@@ -97,6 +97,7 @@ class Settings:
     profile: str = "tg1"
     topic_template: str | None = None
     publisher_max_queue_size: int = 1000
+    import_buffer_bytes: int = 1024 * 1024
     publisher_drain_timeout: float = 5.0
     producer_flush_timeout: float = 5.0
     producer_batching: bool = True
@@ -272,6 +273,7 @@ _RULES: dict[str, _Rule] = {
         optional=True,
     ),
     "publisher_max_queue_size": _int_rule(1),
+    "import_buffer_bytes": _int_rule(0),
     "publisher_drain_timeout": _float_rule(0, strict=True),
     "producer_flush_timeout": _float_rule(0, strict=True),
     "producer_batching": _BOOL,
@@ -346,8 +348,14 @@ SETTING_DOCS: dict[str, str] = {
         "TrustGraph's own topics for the profile (`persistent://tg/flow/triples-store:{flow}`…)"
     ),
     "publisher_max_queue_size": (
-        "frames in flight (unconfirmed) per import connection; past it the gateway stops "
-        "reading the socket"
+        "frames in flight (unconfirmed) per import connection; past it frames read wait in "
+        "the connection's buffer (`import_buffer_bytes`)"
+    ),
+    "import_buffer_bytes": (
+        "bytes of client frames a connection reads ahead of its worker (each frame counts "
+        "200 bytes more); while they wait — e.g. for the broker — the socket is still read, "
+        "so a close, ping or pong is seen; past this the gateway stops reading the socket "
+        "([operations](operations.md#memory-per-connection))"
     ),
     "publisher_drain_timeout": (
         "how long an ending import connection waits for the broker's next confirmation; "
