@@ -2,14 +2,15 @@
 
 Theory of operation. Per connection, two tasks and one ledger:
 
-- ``take`` (the intake) waits until fewer than ``publisher_max_queue_size`` frames are in
-  flight (meanwhile the socket is still read, ahead, within ``import_buffer_bytes``: see
-  ``actors/websocket.py``), then reads one frame; it numbers it in the ``ReceiptLedger``,
-  parses it, detects its wire format (TrustGraph 1.x or 2.x), validates it and converts it
-  into the flow's profile's Pulsar payload (``core/convert.py``), and hands that to the
-  producer; or it rejects the frame at once (an error frame is owed), e.g. when the profile
-  cannot carry it without losing something. Awaiting happens only where no frame is held,
-  so cancelling intake — the first step of every drain — can never lose a received frame.
+- ``take`` (the intake) waits until fewer than ``publisher_max_queue_size`` frames, and
+  fewer than ``publisher_max_queue_bytes`` bytes of payloads, are in flight (meanwhile the
+  socket is still read, ahead, within ``import_buffer_bytes``: see ``actors/websocket.py``),
+  then reads one frame; it numbers it in the ``ReceiptLedger``, parses it, detects its wire
+  format (TrustGraph 1.x or 2.x), validates it and converts it into the flow's profile's
+  Pulsar payload (``core/convert.py``), and hands that to the producer; or it rejects the
+  frame at once (an error frame is owed), e.g. when the profile cannot carry it without
+  losing something. Awaiting happens only where no frame is held, so cancelling intake —
+  the first step of every drain — can never lose a received frame.
 - the producer's confirmations arrive in batches (``_settled``) and settle frames in the
   ledger, which advances the watermark and counts consecutive failures.
 - the receipt sender (``_send_receipts``, a background task) writes what the ledger says is
@@ -84,6 +85,10 @@ class ImportWorker:
                                            **conn.log_fields))
         self.publisher = Publisher(conn.services.broker, route.topic, settings, self._settled)
         self._limit = settings.publisher_max_queue_size
+        # Bytes of payloads in flight, and each frame's (by seq) until it settles.
+        self._byte_limit = settings.publisher_max_queue_bytes
+        self._in_flight_bytes = 0
+        self._payload_sizes: dict[int, int] = {}
         self._room = trio.Event()  # set when a frame in flight settles
         self._news = trio.Event()  # set when the ledger owes the client something
         self._stop_sender = trio.Event()
@@ -163,8 +168,10 @@ class ImportWorker:
 
         Neither wait holds a frame when it is cancelled: cancelling loses nothing.
         """
-        ledger, limit, ws = self.ledger, self._limit, self.conn.ws
-        while ledger.in_flight >= limit:
+        ledger, limit, byte_limit, ws = self.ledger, self._limit, self._byte_limit, self.conn.ws
+        # (Bytes in flight are only ever counted with a frame in flight: one frame over the
+        # byte bound still goes.)
+        while ledger.in_flight >= limit or self._in_flight_bytes >= byte_limit:
             if ws.stream_ended:
                 # The client closed (or went) while the broker kept us waiting: the close is
                 # reported now, not once room frees; the drain takes what was read before it.
@@ -188,11 +195,12 @@ class ImportWorker:
         """Take the frames read before the client's close, as room frees (each confirmation
         renews the drain's ``scope``; when it ends, what is left was never numbered, so never
         receipted)."""
-        ledger, limit, ws = self.ledger, self._limit, self.conn.ws
+        ledger, limit, byte_limit, ws = self.ledger, self._limit, self._byte_limit, self.conn.ws
         deadlines, patience = self.conn.deadlines, self.settings.publisher_drain_timeout
         taken = 0
         while ws.is_open:
-            while ledger.in_flight >= limit and ws.is_open:
+            while (ledger.in_flight >= limit or self._in_flight_bytes >= byte_limit) and (
+                    ws.is_open):
                 before = ledger.in_flight
                 self._room = trio.Event()
                 await self._room.wait()
@@ -226,6 +234,9 @@ class ImportWorker:
             self._reject(seq, exc.code, exc.detail)
             return
         ledger.publish()
+        size = len(payload)
+        self._payload_sizes[seq] = size
+        self._in_flight_bytes += size
         self.publisher.publish_nowait(seq, payload)
 
     def _quiet_deadline(self) -> float:
@@ -273,9 +284,10 @@ class ImportWorker:
             # Late news for a publisher that gave up at its deadline: those frames were
             # never receipted, so the client resends them anyway.
             return
-        ledger = self.ledger
+        ledger, sizes = self.ledger, self._payload_sizes
         persisted = 0
         for seq, failure in batch:
+            self._in_flight_bytes -= sizes.pop(seq)
             if failure is None:
                 ledger.confirm(seq)
                 persisted += 1

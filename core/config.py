@@ -97,7 +97,8 @@ class Settings:
     profile: str = "tg1"
     topic_template: str | None = None
     publisher_max_queue_size: int = 1000
-    import_buffer_bytes: int = 1024 * 1024
+    publisher_max_queue_bytes: int = 2 * 1024 * 1024
+    import_buffer_bytes: int = 512 * 1024
     publisher_drain_timeout: float = 5.0
     producer_flush_timeout: float = 5.0
     producer_batching: bool = True
@@ -273,6 +274,7 @@ _RULES: dict[str, _Rule] = {
         optional=True,
     ),
     "publisher_max_queue_size": _int_rule(1),
+    "publisher_max_queue_bytes": _int_rule(1024),
     "import_buffer_bytes": _int_rule(0),
     "publisher_drain_timeout": _float_rule(0, strict=True),
     "producer_flush_timeout": _float_rule(0, strict=True),
@@ -350,6 +352,11 @@ SETTING_DOCS: dict[str, str] = {
     "publisher_max_queue_size": (
         "frames in flight (unconfirmed) per import connection; past it frames read wait in "
         "the connection's buffer (`import_buffer_bytes`)"
+    ),
+    "publisher_max_queue_bytes": (
+        "bytes of payloads in flight (unconfirmed) per import connection (one frame bigger "
+        "than this still goes, alone); past it, as past `publisher_max_queue_size`, frames "
+        "read wait in the connection's buffer"
     ),
     "import_buffer_bytes": (
         "bytes of client frames a connection reads ahead of its worker (each frame counts "
