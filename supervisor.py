@@ -97,6 +97,10 @@ from quiesce.machines.supervisor import SupervisorMachine
 
 LOGGER = logging.getLogger("quiesce.supervisor")
 
+# Keepalive: a ping every WS_PING_INTERVAL seconds, its pong due within WS_PING_TIMEOUT
+# (websockets' defaults; GatewayConnection.keepalive forgives a pong behind unread data).
+WS_PING_INTERVAL = 20.0
+WS_PING_TIMEOUT = 20.0
 # Longest wait for the tokens file on SIGHUP before the reload is given up.
 TOKENS_RELOAD_TIMEOUT = 5.0
 # Exit codes: 0 after a drain (graceful or forced), 1 when start-up failed, 2 for usage errors.
@@ -300,6 +304,8 @@ class Supervisor:
                 # websockets' flow control counts frames and stops reading when they are
                 # many, control frames included: GatewayConnection bounds bytes instead.
                 max_queue=None,
+                ping_interval=WS_PING_INTERVAL,
+                ping_timeout=WS_PING_TIMEOUT,
                 close_timeout=settings.socket_grace_period,
             ))
         except OSError as exc:

@@ -185,6 +185,11 @@ class GatewayConnection(ServerConnection):
         self.wake()
 
     @property
+    def read_pauses(self) -> int:
+        """How many times reading the socket was paused by the read-ahead bound."""
+        return self._pauses
+
+    @property
     def stream_ended(self) -> bool:
         """True once no more frames can come: the client's close arrived, or the socket is
         gone (frames read before may still be queued)."""
@@ -325,7 +330,8 @@ class GatewayConnection(ServerConnection):
         assert interval is not None
         try:
             while True:
-                with trio.move_on_after(interval - self.latency):
+                # A pong forgiven for coming late may make the latency exceed the interval.
+                with trio.move_on_after(max(0.0, interval - self.latency)):
                     await self.stream_closed.wait()
                     return
                 if self.client_closed.is_set():
@@ -350,6 +356,8 @@ class GatewayConnection(ServerConnection):
                     return
         except ConnectionClosed:
             return  # the connection ended meanwhile: its end is logged where it is handled
+        except Exception:  # a bug: say so, and leave the connection to its other bounds
+            LOGGER.error("keepalive failed", exc_info=True, extra=self.log_fields)
 
     async def abort(self) -> None:
         """Drop the TCP connection without a close handshake (the forced path)."""
