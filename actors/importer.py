@@ -113,6 +113,11 @@ class ImportWorker:
                                        ErrorCode.PUBLISH_FAILED)}
 
     @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of payloads handed to the producer and not yet confirmed."""
+        return self._in_flight_bytes
+
+    @property
     def depth(self) -> int:
         """Frames handed to the producer and not yet confirmed."""
         return self.ledger.in_flight

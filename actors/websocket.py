@@ -185,6 +185,11 @@ class GatewayConnection(ServerConnection):
         self.wake()
 
     @property
+    def read_ahead_bytes(self) -> int:
+        """Bytes of frames read and not yet taken by the worker (with ``FRAME_OVERHEAD``)."""
+        return self._buffered
+
+    @property
     def read_pauses(self) -> int:
         """How many times reading the socket was paused by the read-ahead bound."""
         return self._pauses

@@ -1,5 +1,7 @@
 """The gateway's keepalive: it spares a client merely waiting on the broker, and ends one that
-stopped answering with 1011 and one log line, never a traceback.
+stopped answering with 1011 and one log line, never a traceback. And what an import holds
+while it waits stays within its byte bounds (read ahead: ``import_buffer_bytes``; in flight:
+``publisher_max_queue_bytes``).
 
 A real gateway (in process, so the keepalive's 20 s can be made 0.3 s) on a real pulsar-lite
 of the test's own, real WebSocket clients over loopback.
@@ -20,6 +22,8 @@ from websockets.frames import Frame
 from websockets.trio.client import connect
 
 from quiesce import supervisor
+from quiesce.actors.importer import ImportWorker
+from quiesce.actors.websocket import FRAME_OVERHEAD
 from quiesce.core.config import Settings
 from tests.data import sample_message
 from tests.faults._faults import Ledger
@@ -37,7 +41,8 @@ from tests.harness import (
 PING = 0.3  # the keepalive's interval and timeout in these tests
 FRAMES = 300  # ~1.2 KB each: several times the read-ahead bound below
 READ_AHEAD = 64 * 1024
-IN_FLIGHT = 10
+IN_FLIGHT_BYTES = 8 * 1024  # binds before publisher_max_queue_size (1000)
+FRAME = len(json.dumps(sample_message("triples", 0)))
 # How long the frozen broker keeps the client waiting: many keepalive periods.
 WAITING = 12 * PING
 
@@ -63,7 +68,7 @@ async def test_a_client_waiting_on_a_frozen_broker_is_not_killed_by_the_keepaliv
     caplog.set_level(logging.INFO)
     gateway = await start_gateway(nursery, replace(
         settings, pulsar_url=own_broker.url, import_buffer_bytes=READ_AHEAD,
-        publisher_max_queue_size=IN_FLIGHT))
+        publisher_max_queue_bytes=IN_FLIGHT_BYTES))
     flow = "waitingonbroker"
     try:
         async with connect(ws_url(gateway, import_path(flow)), close_timeout=LONG,
@@ -85,7 +90,11 @@ async def test_a_client_waiting_on_a_frozen_broker_is_not_killed_by_the_keepaliv
                 with trio.move_on_after(WAITING):
                     await client.done.wait()
                 alive = not client.done.is_set()
-                pauses = sum(actor.ws.read_pauses for actor in gateway.actors)
+                (actor,) = gateway.actors
+                pauses, read_ahead = actor.ws.read_pauses, actor.ws.read_ahead_bytes
+                worker = actor.worker
+                assert isinstance(worker, ImportWorker)
+                in_flight, in_flight_bytes = worker.depth, worker.in_flight_bytes
                 own_broker.thaw()
                 with trio.fail_after(LONG):
                     await client.wait_ack(FRAMES)
@@ -104,7 +113,15 @@ async def test_a_client_waiting_on_a_frozen_broker_is_not_killed_by_the_keepaliv
     ledger.print(f"keepalive every {PING}s while the broker was frozen {WAITING:.1f}s")
     print(f"connection alive through the freeze: {alive} (reading paused {pauses} times); "
           f"close code {code}")
+    print(f"while frozen: {read_ahead} bytes read ahead (bound {READ_AHEAD}), {in_flight} "
+          f"frames / {in_flight_bytes} bytes in flight (bound {IN_FLIGHT_BYTES})")
     assert pauses > 0, "the read-ahead bound was never reached: the test proves nothing"
+    # Each bound may be passed by the one frame that crossed it, never more.
+    assert READ_AHEAD < read_ahead <= READ_AHEAD + FRAME + FRAME_OVERHEAD
+    # (Payloads are about the same size, a little bigger than their frames.)
+    assert 0 < in_flight < 1000
+    assert IN_FLIGHT_BYTES <= in_flight_bytes
+    assert in_flight_bytes - in_flight_bytes // in_flight < IN_FLIGHT_BYTES
     assert alive, f"the keepalive ended a connection waiting on the broker: {client.closed!r}"
     assert client.ack == FRAMES and len(stored) == FRAMES and code == 1000
     assert not client.violations
@@ -127,7 +144,7 @@ async def test_a_client_that_stops_answering_pings_gets_1011_and_one_log_line(
     """No pong within the timeout: the server closes with 1011, logs one warning, no
     traceback, and everything the client sent before is receipted in its final ack."""
     caplog.set_level(logging.INFO)
-    async with connect(ws_url(gateway_fast, import_path("pongless")),
+    async with connect(ws_url(gateway_fast, import_path("silentpeer")),
                        close_timeout=LONG, ping_interval=None) as ws:
         ws.protocol.__class__ = NoPongProtocol
         client = ImportClient(ws)
@@ -138,7 +155,7 @@ async def test_a_client_that_stops_answering_pings_gets_1011_and_one_log_line(
             with trio.fail_after(LONG):
                 await client.wait_closed()
     code = client.closed.rcvd.code if client.closed and client.closed.rcvd else 1006
-    lines = [r.getMessage() for r in caplog.records if "pong" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.name == "quiesce.websocket"]
     print(f"close code {code}; final ack {client.ack}; log: {lines}")
     assert code == 1011
     assert client.ack == 5
