@@ -116,6 +116,14 @@ class WorkerPool:
                             open_embedded_broker(settings))
                     except BrokerError as exc:
                         return self._startup_failed(str(exc))
+                    # Each worker is a connection of its own to pulsar-lite, which keys a
+                    # subscription's consumers by the id each connection numbers from 0
+                    # (docs/operations.md, Workers).
+                    LOGGER.warning(
+                        "%d workers share the embedded broker (pulsar-lite): an export "
+                        "subscription named by more than one connection at a time may be "
+                        "refused and cut that worker's broker connection; use Apache Pulsar "
+                        "(--pulsar-url) for shared named subscriptions", self.size)
                 self._worker_settings = dataclasses.replace(
                     settings, port=port, pulsar_url=self.broker_url)
                 async with trio.open_nursery() as nursery:
