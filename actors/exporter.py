@@ -28,7 +28,7 @@ import orjson
 import trio
 
 from quiesce.actors._observe import TransitionLog
-from quiesce.actors.subscriber import Subscriber, message_key
+from quiesce.actors.subscriber import Subscriber, message_key, message_size
 from quiesce.actors.websocket import Ending
 from quiesce.core.convert import dumps, from_pulsar
 from quiesce.core.errors import BrokerError, InvalidAck, InvalidMessage
@@ -71,7 +71,8 @@ class ExportWorker:
         self.ledger: DeliveryLedger[Any] = DeliveryLedger(
             client_acks=self.client_mode, window=route.window,
             max_queue=settings.subscriber_max_queue_size, backpressure=route.backpressure,
-            key=message_key,
+            key=message_key, size=message_size, window_bytes=settings.export_window_bytes,
+            max_queue_bytes=settings.subscriber_max_queue_bytes,
         )
         self.machine = WorkerMachine(self.ledger)
         self.subscriber = Subscriber(conn.services.broker, route, settings, conn.id,

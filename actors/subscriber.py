@@ -389,3 +389,8 @@ def message_key(message: Any) -> Key:
     """A message's full id as a hashable tuple (ledger, entry, batch index, partition)."""
     mid = message.message_id()
     return (mid.ledger_id(), mid.entry_id(), mid.batch_index(), mid.partition())
+
+
+def message_size(message: Any) -> int:
+    """A message's payload size in bytes (the export's byte bounds)."""
+    return int(message.length())

@@ -104,11 +104,13 @@ class Settings:
     producer_batching: bool = True
     producer_batch_delay_ms: int = 10
     subscriber_max_queue_size: int = 100
+    subscriber_max_queue_bytes: int = 1024 * 1024
     subscriber_prefetch_bytes: int = 2 * 1024 * 1024
     subscriber_drain_timeout: float = 5.0
     default_backpressure: str = "block"
     nack_redelivery_delay_ms: int = 1000
     export_window: int = 1000
+    export_window_bytes: int = 1024 * 1024
     export_stall_timeout: float = 60.0
     socket_grace_period: float = 2.0
     import_drain_grace: float = 5.0
@@ -281,11 +283,13 @@ _RULES: dict[str, _Rule] = {
     "producer_batching": _BOOL,
     "producer_batch_delay_ms": _int_rule(0, 10_000),
     "subscriber_max_queue_size": _int_rule(1),
+    "subscriber_max_queue_bytes": _int_rule(1024),
     "subscriber_prefetch_bytes": _int_rule(1024),
     "subscriber_drain_timeout": _float_rule(0, strict=True),
     "default_backpressure": _choice_rule(BACKPRESSURE),
     "nack_redelivery_delay_ms": _int_rule(0),
     "export_window": _int_rule(1),
+    "export_window_bytes": _int_rule(1024),
     "export_stall_timeout": _float_rule(0, strict=True),
     "socket_grace_period": _float_rule(0, strict=False),
     "import_drain_grace": _float_rule(0, strict=False),
@@ -381,6 +385,10 @@ SETTING_DOCS: dict[str, str] = {
     "subscriber_max_queue_size": (
         "messages taken from Pulsar and not yet written, per export connection"
     ),
+    "subscriber_max_queue_bytes": (
+        "bytes of those messages at most (at least one message): with `block` receiving "
+        "pauses past either bound, with the drop strategies the oldest/newest is dropped"
+    ),
     "subscriber_prefetch_bytes": (
         "bytes an export connection's consumer may prefetch: its receiver queue is this over "
         "the topic's expected message size, between 1 and 1000 messages (1000 connections: at "
@@ -398,6 +406,10 @@ SETTING_DOCS: dict[str, str] = {
     ),
     "export_window": (
         "default `window=` for `ack=client`"
+    ),
+    "export_window_bytes": (
+        "`ack=client`: bytes of unacked messages in flight at most, whatever `window=` says "
+        "(at least one message): clients should ack as they go, not wait for `window` frames"
     ),
     "export_stall_timeout": (
         "an export whose client took nothing for this long (no socket write went through; with "

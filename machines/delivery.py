@@ -25,6 +25,7 @@ queued or owed; with ``ack=client`` the end also waits for the client's acks.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -54,6 +55,9 @@ class DeliveryLedger(Generic[M]):
         max_queue: most messages queued for the writer.
         backpressure: what to do with an arrival that does not fit the queue.
         key: a message's full id.
+        size: a message's size in bytes (for the byte bounds).
+        window_bytes: ``ack=client``: most bytes in flight (at least one message goes).
+        max_queue_bytes: most bytes queued (at least one message fits).
     """
 
     def __init__(
@@ -64,14 +68,22 @@ class DeliveryLedger(Generic[M]):
         max_queue: int,
         backpressure: Backpressure,
         key: Callable[[M], Key],
+        size: Callable[[M], int] = lambda message: 0,
+        window_bytes: float = math.inf,
+        max_queue_bytes: float = math.inf,
     ) -> None:
         self.client_acks = client_acks
         self.window = window
         self.max_queue = max_queue
         self.backpressure = backpressure
         self.key = key
+        self.size = size
+        self.window_bytes = window_bytes
+        self.max_queue_bytes = max_queue_bytes
         self.queue: deque[M] = deque()
+        self.queue_bytes = 0
         self.inflight: deque[tuple[int, M]] = deque()  # (seq, message), ack=client
+        self.inflight_bytes = 0
         self.taken = 0
         self.delivered = 0
         self.acked = 0
@@ -95,7 +107,7 @@ class DeliveryLedger(Generic[M]):
             because intake is closed.
         """
         self.taken += len(batch)
-        queue, owed, key = self.queue, self.owed, self.key
+        queue, owed, key, size = self.queue, self.owed, self.key, self.size
         dropped: list[M] = []
         refused: list[M] = []
         for message in batch:
@@ -103,18 +115,30 @@ class DeliveryLedger(Generic[M]):
                 owed.discard(key(message))
             if not self.intake_open:
                 refused.append(message)
-            elif len(queue) < self.max_queue or self.backpressure is Backpressure.BLOCK:
+                continue
+            length = size(message)
+            if self.backpressure is Backpressure.BLOCK or self._fits(length):
                 queue.append(message)
+                self.queue_bytes += length
             elif self.backpressure is Backpressure.DROP_NEW:
                 dropped.append(message)
                 owed.add(key(message))
-            else:  # drop_oldest
-                oldest = queue.popleft()
-                dropped.append(oldest)
-                owed.add(key(oldest))
+            else:  # drop_oldest: as many of the oldest as it takes to fit
+                while queue and not self._fits(length):
+                    oldest = queue.popleft()
+                    self.queue_bytes -= size(oldest)
+                    dropped.append(oldest)
+                    owed.add(key(oldest))
                 queue.append(message)
+                self.queue_bytes += length
         self.nacked += len(dropped) + len(refused)
         return dropped, refused
+
+    def _fits(self, length: int) -> bool:
+        """One more message of ``length`` bytes fits the queue (an empty queue takes any)."""
+        queue = self.queue
+        return not queue or (len(queue) < self.max_queue
+                             and self.queue_bytes + length <= self.max_queue_bytes)
 
     def close_intake(self) -> None:
         """From now on every arrival is refused (handed back to nack)."""
@@ -123,12 +147,14 @@ class DeliveryLedger(Generic[M]):
     @property
     def full(self) -> bool:
         """``block``: the queue is full, receiving must pause."""
-        return self.backpressure is Backpressure.BLOCK and len(self.queue) >= self.max_queue
+        return self.backpressure is Backpressure.BLOCK and (
+            len(self.queue) >= self.max_queue or self.queue_bytes >= self.max_queue_bytes)
 
     @property
     def low(self) -> bool:
-        """The queue is at or below its low-water mark: receiving may resume."""
-        return len(self.queue) <= self.max_queue // 2
+        """The queue is at or below its low-water marks: receiving may resume."""
+        return (len(self.queue) <= self.max_queue // 2
+                and self.queue_bytes <= self.max_queue_bytes / 2)
 
     # -------------------------------------------------------------- writer
 
@@ -141,13 +167,26 @@ class DeliveryLedger(Generic[M]):
 
     def next_batch(self, limit: int) -> list[M]:
         """Take up to ``limit`` queued messages (and no more than the window allows)."""
-        queue = self.queue
+        queue, size = self.queue, self.size
         count = min(limit, self.window_room, len(queue))
-        return [queue.popleft() for _ in range(count)]
+        if self.client_acks:
+            # The window in bytes too; one message always goes when none is in flight.
+            room = self.window_bytes - self.inflight_bytes
+            taken = 0
+            for i in range(count):
+                length = size(queue[i])
+                if taken + length > room and (i or self.inflight):
+                    count = i
+                    break
+                taken += length
+        batch = [queue.popleft() for _ in range(count)]
+        self.queue_bytes -= sum(map(size, batch))
+        return batch
 
     def unget(self, batch: list[M]) -> None:
         """Put back messages the writer could not deliver (they are nacked at the end)."""
         self.queue.extendleft(reversed(batch))
+        self.queue_bytes += sum(map(self.size, batch))
 
     def delivered_batch(self, batch: list[M]) -> tuple[int, list[M]]:
         """Record ``batch`` written to the socket.
@@ -166,6 +205,7 @@ class DeliveryLedger(Generic[M]):
             self.end_seen = any(key(m)[:2] >= end for m in batch)
         if self.client_acks:
             self.inflight.extend(zip(range(first, first + count), batch, strict=True))
+            self.inflight_bytes += sum(map(self.size, batch))
             return first, []
         self.acked += count
         return first, batch
@@ -201,6 +241,7 @@ class DeliveryLedger(Generic[M]):
         acked = []
         while inflight and inflight[0][0] <= n:
             acked.append(inflight.popleft()[1])
+        self.inflight_bytes -= sum(map(self.size, acked))
         self.acked += len(acked)
         self.client_acked = n
         return acked
@@ -211,6 +252,7 @@ class DeliveryLedger(Generic[M]):
         """Hand back, to nack, every queued message; those in flight stay for client acks."""
         undelivered = list(self.queue)
         self.queue.clear()
+        self.queue_bytes = 0
         self.nacked += len(undelivered)
         return undelivered
 
@@ -223,6 +265,7 @@ class DeliveryLedger(Generic[M]):
         undelivered = self.settle_queued()
         unacked = [message for _, message in self.inflight]
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.nacked += len(unacked)
         return undelivered, unacked
 

@@ -23,6 +23,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
+from quiesce.core.config import Settings
 from quiesce.core.wire import KINDS
 from quiesce.supervisor import Supervisor
 from tests.data import id_of, sample_message, sample_messages
@@ -397,6 +398,39 @@ async def test_the_window_stops_the_server_at_five_unacked_frames_until_an_ack(
     assert ws.close_code == 1000
     assert tally.duplicates == 0
     assert tally.distinct == {id_of(m) for m in messages}
+
+
+async def test_the_window_in_bytes_holds_big_messages_back_whatever_window_says(
+    nursery: trio.Nursery, settings: Settings, pulsar_client: pulsar.Client, flow: str
+) -> None:
+    """``export_window_bytes`` bounds the bytes in flight below ``window=``, one message at least.
+
+    Messages of ~1.2 KB against a 1 KiB byte window and ``window=1000``: one frame at a time,
+    each only after the previous one is acked; every message arrives once.
+    """
+    gateway = await start_gateway(nursery, settings, export_window_bytes=1024)
+    kind, count = "triples", 8
+    messages = sample_messages(kind, count)
+    await publish_messages(pulsar_client, topic_of(kind, flow), messages)
+    path = export_path(flow, kind, subscription="bytes", position="earliest", ack="client",
+                       window=1000)
+    tally = Tally()
+    async with export(ws_url(gateway, path)) as ws:
+        for seq in range(1, count + 1):
+            frame = await next_frame(ws)
+            assert frame.get("seq") == seq, frame
+            tally.add(frame["message"])
+            # Were a second frame in flight it would come before this ack's error.
+            await ws.send(json.dumps({"ack": seq + 1}))
+            frame = await next_frame(ws)
+            assert set(frame) == {"error"}, f"byte window exceeded: {frame}"
+            await send_ack(ws, seq)
+    print(f"\nbyte window: sent {count}, distinct "
+          f"{len(tally.distinct)}, close {ws.close_code}")
+    assert ws.close_code == 1000
+    assert tally.duplicates == 0
+    assert tally.distinct == {id_of(m) for m in messages}
+    gateway.request_shutdown()
 
 
 # ---------------------------------------------------------------- backpressure

@@ -288,8 +288,14 @@ TestReceipts.settings = PROPERTY_SETTINGS
 class Message:
     """A broker message handle; a redelivery is a new handle with the same place."""
 
-    def __init__(self, place: int) -> None:
+    def __init__(self, place: int, size: int = 1) -> None:
         self.place = place
+        self.size = size
+
+
+def message_size(message: Message) -> int:
+    """The message's payload size."""
+    return message.size
 
 
 def message_key(message: Message) -> tuple[int, int, int, int]:
@@ -312,11 +318,15 @@ class Delivery(RuleBasedStateMachine):
 
     @precondition(lambda self: self.ledger is None)
     @rule(client=st.booleans(), window=st.integers(1, 4), queue=st.integers(1, 4),
-          strategy=st.sampled_from(list(Backpressure)))
-    def start(self, client: bool, window: int, queue: int, strategy: Backpressure) -> None:
+          strategy=st.sampled_from(list(Backpressure)),
+          window_bytes=st.integers(1, 40), queue_bytes=st.integers(1, 40))
+    def start(self, client: bool, window: int, queue: int, strategy: Backpressure,
+              window_bytes: int, queue_bytes: int) -> None:
         """An export connection opens."""
         self.ledger = DeliveryLedger(client_acks=client, window=window, max_queue=queue,
-                                     backpressure=strategy, key=message_key)
+                                     backpressure=strategy, key=message_key,
+                                     size=message_size, window_bytes=window_bytes,
+                                     max_queue_bytes=queue_bytes)
 
     def _nack(self, messages: list[Message]) -> None:
         for message in messages:
@@ -324,11 +334,11 @@ class Delivery(RuleBasedStateMachine):
             self.nacked.add(id(message))
 
     @precondition(lambda self: self.ledger is not None)
-    @rule(count=st.integers(1, 5))
-    def arrive(self, count: int) -> None:
+    @rule(sizes=st.lists(st.integers(0, 20), min_size=1, max_size=5))
+    def arrive(self, sizes: list[int]) -> None:
         """A burst arrives from the consumer."""
         assert self.ledger is not None
-        batch = [Message(next(self.places)) for _ in range(count)]
+        batch = [Message(next(self.places), size) for size in sizes]
         self.alive.extend(batch)
         self.taken.update(id(m) for m in batch)
         dropped, refused = self.ledger.arrive(batch)
@@ -387,6 +397,25 @@ class Delivery(RuleBasedStateMachine):
             assert self.ledger.nacked == len(self.nacked)
             assert self.ledger.taken == len(self.taken)
             assert len(self.ledger.inflight) <= self.ledger.window or not self.ledger.client_acks
+
+    @invariant()
+    def the_byte_bounds_hold(self) -> None:
+        """Bytes queued and in flight are counted exactly and stay within their bounds.
+
+        In flight: at most ``window_bytes``, or one message alone. Queued, with a drop
+        strategy: at most ``max_queue_bytes``, or one message alone (``block`` may overshoot
+        by a burst; it pauses receiving instead).
+        """
+        ledger = self.ledger
+        if ledger is None:
+            return
+        inflight = [m for _, m in ledger.inflight]
+        assert ledger.inflight_bytes == sum(m.size for m in inflight)
+        assert ledger.queue_bytes == sum(m.size for m in ledger.queue)
+        if ledger.client_acks and len(inflight) > 1:
+            assert ledger.inflight_bytes <= ledger.window_bytes
+        if ledger.backpressure is not Backpressure.BLOCK and len(ledger.queue) > 1:
+            assert ledger.queue_bytes <= ledger.max_queue_bytes
 
 
 TestDelivery = Delivery.TestCase
