@@ -45,6 +45,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import sys
 import time
@@ -104,6 +105,21 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def group_status(pids: tuple[int, ...]) -> dict[str, int]:
+    """`proc_status` summed over the gateway's processes (the parent and its workers)."""
+    total: dict[str, int] = {}
+    for pid in pids:
+        for key, value in proc_status(pid).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def group_cpu(pids: tuple[int, ...]) -> float | None:
+    """CPU seconds used so far by the gateway's processes together (None if unreadable)."""
+    used = [cpu_seconds(pid) for pid in pids]
+    return None if any(u is None for u in used) else sum(u for u in used if u is not None)
 
 
 def raise_file_limit() -> int:
@@ -264,7 +280,7 @@ async def run_exporter(url: str, me: Exporter, limiter: trio.CapacityLimiter,
         nursery.cancel_scope.cancel()
 
 
-async def load_phase(port: int, gw_pid: int, args: Any,
+async def load_phase(port: int, gw_pids: tuple[int, ...], args: Any,
                      nudge: Callable[[str], None]) -> Load:
     """Run the load phase (see the module docstring)."""
     flows = [new_flow("scale") for _ in range(args.flows)]
@@ -277,12 +293,12 @@ async def load_phase(port: int, gw_pid: int, args: Any,
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
     connected = trio.Semaphore(0)
     exports_done = trio.Event()
-    meter = CpuMeter({"gateway": gw_pid})
+    meter = CpuMeter({f"gateway{i}": pid for i, pid in enumerate(gw_pids)})
     budget = args.frames / args.rate + DRAIN_S + SLACK_S
 
     async def sample() -> None:
         while True:
-            load.max_threads = max(load.max_threads, proc_status(gw_pid).get("Threads", 0))
+            load.max_threads = max(load.max_threads, group_status(gw_pids).get("Threads", 0))
             await trio.sleep(SAMPLE_S)
 
     async def finish_exports() -> None:
@@ -322,8 +338,9 @@ async def load_phase(port: int, gw_pid: int, args: Any,
                 clients.start_soon(finish_exports)
             nursery.cancel_scope.cancel()
     load.timed_out = scope.cancelled_caught
-    load.cpu_s = meter.stop()["gateway"]
-    load.end_status = proc_status(gw_pid)
+    used = meter.stop().values()
+    load.cpu_s = None if None in used else sum(u for u in used if u is not None)
+    load.end_status = group_status(gw_pids)
     return load
 
 
@@ -344,13 +361,13 @@ class Idle:
     failed: int = 0
 
 
-async def measure_idle(gw_pid: int, label: str, sockets: int, seconds: float) -> Idle:
+async def measure_idle(gw_pids: tuple[int, ...], label: str, sockets: int, seconds: float) -> Idle:
     """The gateway's CPU over ``seconds`` (after ``SETTLE_S``), as % of one core."""
     await trio.sleep(SETTLE_S)
-    before, start = cpu_seconds(gw_pid), time.perf_counter()
+    before, start = group_cpu(gw_pids), time.perf_counter()
     await trio.sleep(seconds)
-    after, elapsed = cpu_seconds(gw_pid), time.perf_counter() - start
-    status = proc_status(gw_pid)
+    after, elapsed = group_cpu(gw_pids), time.perf_counter() - start
+    status = group_status(gw_pids)
     pct = math.nan if before is None or after is None else 100 * (after - before) / elapsed
     return Idle(label, sockets, pct, status.get("Threads", 0), status.get("VmRSS", 0) / 1024)
 
@@ -372,9 +389,9 @@ async def hold_open(url: str, limiter: trio.CapacityLimiter, opened: trio.Semaph
         await release.wait()
 
 
-async def idle_phase(port: int, gw_pid: int, args: Any) -> list[Idle]:
+async def idle_phase(port: int, gw_pids: tuple[int, ...], args: Any) -> list[Idle]:
     """Measure the gateway idle with no socket, with idle imports, then with idle exports too."""
-    results = [await measure_idle(gw_pid, "no socket", 0, args.idle_seconds)]
+    results = [await measure_idle(gw_pids, "no socket", 0, args.idle_seconds)]
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
     release = trio.Event()
     failed: list[str] = []
@@ -392,7 +409,7 @@ async def idle_phase(port: int, gw_pid: int, args: Any) -> list[Idle]:
                 for _ in range(args.idle):
                     await opened.acquire()
                 count = args.idle * (1 if direction == "import" else 2) - len(failed)
-                results.append(await measure_idle(gw_pid, label, count, args.idle_seconds))
+                results.append(await measure_idle(gw_pids, label, count, args.idle_seconds))
                 results[-1].failed = len(failed)
             release.set()
     return results
@@ -413,8 +430,9 @@ def report(args: Any, load: Load, idle: list[Idle], cores: int) -> list[str]:
     errors = sum(i.errors for i in importers)
     failed = [c.failed for c in [*importers, *exporters] if c.failed]
     print(f"load: {args.importers} importers x {args.frames} frames at {args.rate:g}/s + "
-          f"{args.exporters} exporters (ack=client) over {args.flows} flows; "
-          f"{cores} cores shared by broker, gateway and this client")
+          f"{args.exporters} exporters (ack=client) over {args.flows} flows; gateway "
+          f"{args.workers} worker(s); {cores} cores shared by broker, gateway and this client; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"  phase {span:.1f} s{' (TIMED OUT)' if load.timed_out else ''}: "
           f"{receipted} frames receipted ({receipted / span:.0f}/s), "
           f"{delivered} delivered ({delivered / span:.0f}/s), {duplicates} redelivered")
@@ -486,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="idle sockets of each direction (500)")
     parser.add_argument("--idle-seconds", type=float, default=10.0,
                         help="idle CPU measurement interval (10)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the gateway's worker processes (1; >1 runs serve --workers N; "
+                             "CPU, RSS and threads are then summed over parent and workers)")
     args = parser.parse_args(argv)
     if min(args.importers, args.exporters, args.idle) < 0 or min(
             args.flows, args.frames) < 1 or args.rate <= 0 or args.idle_seconds <= 0:
@@ -495,16 +516,20 @@ def main(argv: list[str] | None = None) -> int:
     if limit < needed:
         print(f"warning: open-file limit {limit} < {needed} needed", file=sys.stderr)
     cores = os.cpu_count() or 0
+    if args.workers > 1:
+        os.environ["QUIESCE_WORKERS"] = str(args.workers)
     with rig() as on:
-        port, pid = on.gateway.port, on.gateway.pid
+        port = on.gateway.port
+        pids = tuple(pid for name, pid in on.meter.pids.items()
+                     if name == "gateway" or re.fullmatch(r"w\d+", name))
 
         def nudge(flow: str) -> None:
             message = sample_message(KIND)
             message["metadata"]["id"] = f"nudge-{flow}"
             publish(on.client, topic_for(flow, KIND), stored_form([json.dumps(message)]))
 
-        load = trio.run(load_phase, port, pid, args, nudge)
-        idle = trio.run(idle_phase, port, pid, args)
+        load = trio.run(load_phase, port, pids, args, nudge)
+        idle = trio.run(idle_phase, port, pids, args)
         noteworthy = on.gateway.find(r" (WARNING|ERROR|CRITICAL) ")
     problems = report(args, load, idle, cores)
     if noteworthy:
