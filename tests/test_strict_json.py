@@ -7,14 +7,23 @@ import re
 from typing import Any
 
 import orjson
+import pulsar
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.client import connect
 
 from quiesce.core import wire
 from quiesce.core.errors import InvalidMessage
 from quiesce.core.wire import MAX_DEPTH, loads_strict, validate
+from quiesce.supervisor import Supervisor
 from tests.data import sample_message
+from tests.harness import from_payload, publish, to_payload, topic_of, ws_url
+
+# Bound of the export's wait (generous: it only matters when something is wrong).
+LONG = 30.0
 
 
 def exact(detail: str) -> str:
@@ -162,3 +171,54 @@ def test_the_fast_check_flags_nothing_on_a_valid_frame() -> None:
     msg = sample_message("triples", 3)
     for text in (json.dumps(msg), orjson.dumps(msg).decode(), json.dumps(msg, indent=2)):
         assert not wire._maybe_duplicates(text, orjson.loads(text))
+
+
+# ------------------------------------------------ strict JSON out: what exports write
+
+
+async def test_every_export_frame_is_strict_json_whatever_the_topic_holds(
+    gateway: Supervisor, pulsar_client: pulsar.Client, flow: str
+) -> None:
+    """Payloads another producer wrote with NaN, a lone surrogate or a duplicate key go out
+    as strict JSON: an ``invalid-payload`` frame, or the message with each key once.
+
+    Every frame the gateway writes parses under `loads_strict` and orjson; the good
+    payloads arrive as themselves; nothing is skipped (as many frames as payloads, then
+    ``{"end": true}``).
+    """
+    topic = topic_of("triples", flow)
+    good = to_payload(topic, sample_message("triples", 1))
+    text = good.decode()
+    assert '"Alpha 1"' in text  # the literal the hostile variants replace
+    hostile = {
+        "nan": text.replace('"Alpha 1"', "NaN", 1).encode(),
+        "infinity": text.replace('"Alpha 1"', "-Infinity", 1).encode(),
+        "surrogate": text.replace('"Alpha 1"', '"\\ud800"', 1).encode(),
+        "invalid-utf8": text.replace('"Alpha 1"', '"\xff"', 1).encode("latin-1"),
+        "duplicate-key": text.replace('{"metadata"', '{"metadata": null, "metadata"', 1
+                                      ).encode(),
+    }
+    payloads = [good, *hostile.values(), good]
+    await trio.to_thread.run_sync(publish, pulsar_client, topic, payloads)
+    path = f"/api/v1/flow/{flow}/export/triples?position=earliest&until=end"
+    raw: list[str | bytes] = []
+    with trio.fail_after(LONG):
+        async with connect(ws_url(gateway, path)) as ws:
+            try:
+                while True:
+                    raw.append(await ws.recv())
+            except ConnectionClosed:
+                pass
+    frames = [loads_strict(frame) for frame in raw]  # raises on anything not strict
+    for frame in raw:
+        orjson.loads(frame)
+    invalid = [f for f in frames if "error" in f]
+    messages = [f for f in frames if "metadata" in f]
+    print(f"\nstrict out: published {len(payloads)} ({len(hostile)} hostile), frames "
+          f"{len(frames)}: {len(messages)} messages, {len(invalid)} invalid-payload, "
+          f"end {frames[-1]}, close {ws.close_code}")
+    assert frames[-1] == {"end": True} and ws.close_code == 1000
+    assert len(frames) == len(payloads) + 1  # each payload once, nothing skipped
+    assert all(f["error"]["code"] == "invalid-payload" for f in invalid)
+    assert len(invalid) >= 4  # NaN, Infinity, the surrogate and the bad UTF-8 at least
+    assert messages.count(from_payload(topic, good)) >= 2
