@@ -157,6 +157,8 @@ class Supervisor:
         self._force_requested = False
         self._drain_scope: trio.CancelScope | None = None
         self._all_closed = trio.Event()
+        self._no_connections = trio.Event()  # set while no connection is open
+        self._no_connections.set()
         # Set when connections outlived even the forced path (a bug): exit 1, not 0.
         self.unclean = False
 
@@ -168,6 +170,11 @@ class Supervisor:
 
     def _subscriber_depth(self) -> float:
         return self._depth(Direction.EXPORT)
+
+    async def wait_no_connections(self) -> None:
+        """Wait until no connection is open: each has drained, closed and let go of its
+        producer or consumer (tests, and anything that must wait for a quiet gateway)."""
+        await self._no_connections.wait()
 
     def request_shutdown(self) -> None:
         """Start the drain (what SIGTERM and a first SIGINT do); later requests change nothing."""
@@ -334,6 +341,8 @@ class Supervisor:
             self.machine.release()
             await ws.abort()
             raise
+        if not self.actors:
+            self._no_connections = trio.Event()
         self.actors.add(actor)
         self.metrics.connections.labels(actor.direction).inc()
         try:
@@ -344,6 +353,8 @@ class Supervisor:
             await ws.abort()
         finally:
             self.actors.discard(actor)
+            if not self.actors:
+                self._no_connections.set()
             self.metrics.connections.labels(actor.direction).dec()
             self.machine.release()
             self.trimmer.connection_closed()

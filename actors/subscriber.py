@@ -37,6 +37,8 @@ The subscriber keeps no counts and makes no decisions: the export worker's
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 import uuid
@@ -328,7 +330,7 @@ class Subscriber:
                            self.ack_failures, extra={"topic": self.route.topic})
         if consumer is None:
             return
-        close = consumer.close if self.named else consumer.unsubscribe
+        close = consumer.close if self.named else functools.partial(_unsubscribe, consumer)
         with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
             try:
                 await trio.to_thread.run_sync(close, abandon_on_cancel=True)
@@ -337,6 +339,20 @@ class Subscriber:
                                extra={"topic": self.route.topic})
                 if not self.named:
                     await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
+
+
+def _unsubscribe(consumer: pulsar.Consumer) -> None:
+    """Delete the consumer's subscription, and let the client forget the consumer.
+
+    pulsar-client's ``Client`` keeps every consumer it made in a list that only
+    ``Consumer.close`` removes it from; ``unsubscribe`` leaves it there, and with it the
+    C++ consumer: every export on a fresh subscription leaked ~8 KB (RSS grew ~5 MB per 600
+    connections, measured). Raises what ``unsubscribe`` raises, with the consumer still
+    listed, so that the caller's ``close`` then removes it.
+    """
+    consumer.unsubscribe()
+    with contextlib.suppress(AttributeError, ValueError):
+        consumer._client._consumers.remove(consumer)
 
 
 async def probe_size(broker: Broker, topic: str) -> int | None:
