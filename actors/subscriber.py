@@ -66,6 +66,12 @@ CONSUMER_CLOSE_TIMEOUT = 5.0
 RECEIVE_BATCH = 256
 # How long the size probe waits for the oldest message once the broker said there is one.
 PROBE_READ_MS = 2000
+# last_place: how many answers it asks for at most, and the pause before the next one. A
+# broker *error* answer (pulsar-client's UnknownError, no text) is pulsar-lite's "Topic has
+# no messages"; it is believed only when every answer says so (pulsar-lite has also answered
+# it for a non-empty topic under load). Any other failure (timeout, disconnection) is retried.
+LAST_PLACE_ATTEMPTS = 4
+LAST_PLACE_PAUSE = 0.15
 _OK = pulsar.Result.Ok
 
 
@@ -77,17 +83,18 @@ class Arrivals:
     """
 
     def __init__(self) -> None:
-        self._handoff: Handoff[tuple[Subscriber, Any, Any]] = Handoff(self._deliver)
+        self._handoff: Handoff[tuple[Subscriber, int, Any, Any]] = Handoff(self._deliver)
 
-    def put(self, subscriber: Subscriber, result: Any, message: Any) -> None:
-        """From any thread: queue a completed receive for ``subscriber``. Never blocks."""
-        self._handoff.put((subscriber, result, message))
+    def put(self, subscriber: Subscriber, generation: int, result: Any, message: Any) -> None:
+        """From any thread: queue a completed receive of ``subscriber``'s consumer number
+        ``generation`` (see ``Subscriber.recover``). Never blocks."""
+        self._handoff.put((subscriber, generation, result, message))
 
     @staticmethod
-    def _deliver(batch: list[tuple[Subscriber, Any, Any]]) -> None:
-        for subscriber, result, message in batch:
+    def _deliver(batch: list[tuple[Subscriber, int, Any, Any]]) -> None:
+        for subscriber, generation, result, message in batch:
             try:
-                subscriber._received(result, message)
+                subscriber._received(generation, result, message)
             except Exception:
                 # Runs as a run_sync_soon callback: an exception would end the Trio run, and
                 # with it every connection. The subscriber's own failure stays its own.
@@ -123,6 +130,8 @@ class Subscriber:
         self._on_arrival = on_arrival
         self._consumer: pulsar.Consumer | None = None
         self._binding: Any = None  # the binding's consumer: receive_async, acks, nacks
+        self._generation = 0  # which consumer this is (recover subscribes a new one)
+        self._position = pulsar.InitialPosition.Earliest
         self.ack_failures = 0
         self._trio_thread = threading.get_ident()
         self._taken: list[Any] = []  # received, not yet handed on
@@ -144,11 +153,19 @@ class Subscriber:
             BrokerError: the broker refused or did not answer.
         """
         route = self.route
-        position = (pulsar.InitialPosition.Earliest if route.position is Position.EARLIEST
-                    else pulsar.InitialPosition.Latest)
+        self._position = (pulsar.InitialPosition.Earliest
+                          if route.position is Position.EARLIEST
+                          else pulsar.InitialPosition.Latest)
         expected = await probe_size(self._broker, route.topic)
-        queue = receiver_queue_size(self._settings.subscriber_prefetch_bytes, expected)
-        self.receiver_queue_size = queue
+        self.receiver_queue_size = receiver_queue_size(
+            self._settings.subscriber_prefetch_bytes, expected)
+        self._consumer = await self._subscribe()
+        self._binding = consumer_binding(self._consumer)
+        LOGGER.debug("subscribed with a receiver queue of %d (expected message size %s)",
+                     self.receiver_queue_size, expected, extra={"topic": route.topic})
+
+    async def _subscribe(self) -> pulsar.Consumer:
+        route, queue, position = self.route, self.receiver_queue_size, self._position
 
         def subscribe() -> pulsar.Consumer:
             return self._broker.client.subscribe(
@@ -162,33 +179,97 @@ class Subscriber:
             )
 
         try:
-            consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
         except Exception as exc:
             raise BrokerError(f"cannot subscribe to {route.topic}: {exc}") from exc
+
+    async def recover(self) -> None:
+        """Close the consumer and subscribe again to the same subscription (a stall cure).
+
+        pulsar-lite (0.2.0) can stop dispatching to a consumer for good while it holds
+        permits and the subscription has a backlog (docs/architecture.md, "pulsar-lite
+        stalls"); a new consumer on the subscription makes it dispatch again. Only call it
+        while the export holds no message of this consumer (nothing queued or in flight):
+        what was acked stays acked (acks sent before the close reach the broker first), what
+        the old consumer had prefetched is redelivered to the new one, and a receive still
+        pending on the old consumer is ignored when it completes.
+
+        Raises:
+            BrokerError: the new subscribe failed.
+        """
+        old, self._consumer, self._binding = self._consumer, None, None
+        self._generation += 1
+        self._pending = False  # the old consumer's pending receive no longer counts
+        if old is not None:
+            with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
+                try:
+                    await trio.to_thread.run_sync(old.close, abandon_on_cancel=True)
+                except Exception:
+                    LOGGER.warning("closing the stalled consumer failed", exc_info=True,
+                                   extra={"topic": self.route.topic})
+        consumer = await self._subscribe()
+        if self._closed:  # closed meanwhile: do not leave a consumer behind
+            close = consumer.close if self.named else consumer.unsubscribe
+            with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
+                await trio.to_thread.run_sync(close, abandon_on_cancel=True)
+            return
         self._consumer = consumer
         self._binding = consumer_binding(consumer)
-        LOGGER.debug("subscribed with a receiver queue of %d (expected message size %s)",
-                     queue, expected, extra={"topic": route.topic})
+        self._news.set()  # serve_receiving asks the new consumer
 
     async def last_place(self) -> Place | None:
         """The topic's last (ledger, entry) now, for ``until=end``; None if it is empty.
 
+        pulsar-lite answers ``getLastMessageId`` on an empty topic with an error frame
+        ("Topic has no messages"), which pulsar-client raises as a bare ``UnknownError``
+        (Apache Pulsar answers an id with entry -1 instead). Under load pulsar-lite has
+        answered that same error for a topic holding thousands of messages, so "empty" is
+        believed only when ``LAST_PLACE_ATTEMPTS`` answers in a row, ``LAST_PLACE_PAUSE``
+        apart, all say so; an id in any answer wins. Other failures (timeout, connection)
+        are retried within the same attempts.
+
         Raises:
-            BrokerError: the broker could not tell.
+            BrokerError: the broker could not tell (every attempt failed otherwise).
         """
         consumer = self._consumer
         assert consumer is not None
+        empty_answers = 0
+        failure: Exception | None = None
+        for attempt in range(LAST_PLACE_ATTEMPTS):
+            if attempt:
+                await trio.sleep(LAST_PLACE_PAUSE)
+            try:
+                message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
+            except pulsar.UnknownError:
+                empty_answers += 1
+                continue
+            except Exception as exc:
+                failure = exc
+                continue
+            if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
+                return None  # Apache Pulsar's answer for an empty topic
+            return (message_id.ledger_id(), message_id.entry_id())
+        if empty_answers == LAST_PLACE_ATTEMPTS:
+            return None
+        raise BrokerError(f"cannot read the last message id of {self.route.topic}: "
+                          f"{failure or 'no answer'}")
+
+    async def backlog_left(self, seen: Place | None) -> bool:
+        """Whether the topic holds a message past ``seen`` (None: nothing seen yet).
+
+        One ``getLastMessageId`` round trip; a failure counts as "cannot tell": False.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return False
         try:
             message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
-        except Exception as exc:
-            # pulsar-lite answers an empty topic with an error instead of an earliest id.
-            if "no messages" in str(exc).lower() or "UnknownError" in type(exc).__name__:
-                return None
-            raise BrokerError(f"cannot read the last message id of {self.route.topic}: {exc}"
-                              ) from exc
-        if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
-            return None
-        return (message_id.ledger_id(), message_id.entry_id())
+        except Exception:
+            return False
+        last = (message_id.ledger_id(), message_id.entry_id())
+        if last[0] < 0 or last[1] < 0:
+            return False
+        return seen is None or last > seen
 
     # ---------------------------------------------------------- receiving
 
@@ -226,8 +307,13 @@ class Subscriber:
     def _take_burst(self) -> list[Any]:
         """What was received, plus what the receiver queue has now (up to RECEIVE_BATCH)."""
         taken = self._taken
-        if not self._pending and self._failure is None:
-            receive, callback = self._binding.receive_async, self._on_receive
+        if not self._pending and self._failure is None and self._binding is not None:
+            generation = self._generation
+            receive = self._binding.receive_async
+
+            def callback(result: Any, message: Any) -> None:
+                self._on_receive(generation, result, message)
+
             while len(taken) < RECEIVE_BATCH:
                 before = len(taken)
                 self._pending = True
@@ -240,13 +326,13 @@ class Subscriber:
         self._taken = []
         return taken
 
-    def _on_receive(self, result: Any, message: Any) -> None:
+    def _on_receive(self, generation: int, result: Any, message: Any) -> None:
         # Called by pulsar-client: inside receive_async on the Trio thread when a message was
         # waiting, later on its listener thread otherwise. It must not raise: an exception
         # escaping into pulsar-client's thread aborts the process.
         try:
             if threading.get_ident() != self._trio_thread:
-                self._broker.arrivals.put(self, result, message)
+                self._broker.arrivals.put(self, generation, result, message)
             elif result == _OK:
                 self._taken.append(message)
             else:
@@ -255,8 +341,10 @@ class Subscriber:
             LOGGER.error("a received message could not be handed on", exc_info=True,
                          extra={"topic": self.route.topic})
 
-    def _received(self, result: Any, message: Any) -> None:
+    def _received(self, generation: int, result: Any, message: Any) -> None:
         """In Trio: the pending receive completed (through ``Arrivals``)."""
+        if generation != self._generation:
+            return  # a consumer that recover closed: the broker redelivers its messages
         self._pending = False
         if self._closed:
             return  # the consumer is closed: the broker redelivers what it had pushed

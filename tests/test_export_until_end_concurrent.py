@@ -1,0 +1,123 @@
+"""Concurrent until=end dumps of large backlogs are complete, and end only after all of it.
+
+Regression test for pulsar-lite 0.2.0's dispatch stall (docs/architecture.md, "pulsar-lite
+stalls"): with 8 concurrent fresh exports of 5,000-message backlogs, pulsar-lite stopped
+dispatching to 1-3 of them for good, and an until=end dump then ended with ``{"end": true}``
+after a few hundred messages (the quiet period counted as the end), or at once with 0 (a
+transient "Topic has no messages" answer to getLastMessageId counted as an empty topic).
+Real parts only: a broker of the test's own, a gateway process, WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulsar
+import pytest
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.client import connect
+
+from tests.data import sample_message
+from tests.harness import Broker, Listening, open_gateway_process, to_payload, topic_of, ws_url
+
+DUMPS = 8
+BACKLOG = 5_000
+ROUNDS = 3
+# Bound of one round of 8 dumps (publishing included); generous, it only matters on a hang.
+ROUND_BOUND = 240.0
+
+
+def publish_backlog(client: pulsar.Client, topic: str, count: int) -> set[str]:
+    """Publish ``count`` triples messages, an entry each (pulsar-client's default, as the
+    benchmarks do; pulsar-lite stalls soonest on those), and return their ids."""
+    producer = client.create_producer(topic, batching_enabled=False,
+                                      block_if_queue_full=True)
+    ids: set[str] = set()
+    try:
+        for i in range(count):
+            message = sample_message("triples", i)
+            producer.send_async(to_payload(topic, message), None)
+            ids.add(message["metadata"]["id"])
+        producer.flush()
+    finally:
+        producer.close()
+    return ids
+
+
+async def dump(gateway: Listening, flow: str, into: dict[str, Any]) -> None:
+    """Read one until=end dump to its close, recording ids, the end frame and the close."""
+    path = f"/api/v1/flow/{flow}/export/triples?position=earliest&until=end&ack=auto"
+    delivered: list[str] = []
+    end_after: int | None = None
+    errors: list[dict[str, Any]] = []
+    async with connect(ws_url(gateway, path), close_timeout=30, max_size=None) as ws:
+        try:
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame == {"end": True}:
+                    end_after = len(delivered)
+                elif "error" in frame:
+                    errors.append(frame)
+                else:
+                    delivered.append(frame["metadata"]["id"])
+        except ConnectionClosed:
+            pass
+    into.update(delivered=delivered, end_after=end_after, errors=errors, code=ws.close_code)
+
+
+@pytest.mark.slow
+async def test_eight_concurrent_until_end_dumps_are_complete_and_end_only_after_all(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """8 concurrent until=end dumps of 5,000-message backlogs, three rounds: every dump
+    delivers exactly its topic's messages (none missing, none foreign) and ``{"end": true}``
+    only after all of them, then closes with 1000.
+
+    Duplicates are counted and printed, not failed: delivery is at-least-once, and
+    pulsar-lite redelivers acked messages to a new consumer of the subscription (the stall
+    cure subscribes one), as it sometimes does without one (DESIGN.md).
+    """
+    client = own_broker.client()
+    failures: list[str] = []
+    duplicates = 0
+    try:
+        async with open_gateway_process(pulsar_url=own_broker.url,
+                                        data_dir=tmp_path / "gw") as gateway:
+            for round_no in range(ROUNDS):
+                flows = [f"cc{round_no}x{i}" for i in range(DUMPS)]
+                with trio.fail_after(ROUND_BOUND):
+                    sent: dict[str, set[str]] = {}
+                    for flow in flows:
+                        sent[flow] = await trio.to_thread.run_sync(
+                            publish_backlog, client, topic_of("triples", flow), BACKLOG)
+                    results: dict[str, dict[str, Any]] = {flow: {} for flow in flows}
+                    started = trio.current_time()
+                    async with trio.open_nursery() as nursery:
+                        for flow in flows:
+                            nursery.start_soon(dump, gateway, flow, results[flow])
+                    elapsed = trio.current_time() - started
+                print(f"\nround {round_no}: {elapsed:.1f}s")
+                for flow in flows:
+                    r, ids = results[flow], sent[flow]
+                    delivered = r["delivered"]
+                    unique = set(delivered)
+                    ledger = (f"  {flow}: sent {len(ids)} delivered {len(delivered)} "
+                              f"unique {len(unique)} duplicates {len(delivered) - len(unique)} "
+                              f"missing {len(ids - unique)} foreign {len(unique - ids)} "
+                              f"end after {r['end_after']} errors {r['errors']} "
+                              f"close {r['code']}")
+                    print(ledger)
+                    duplicates += len(delivered) - len(unique)
+                    if not (unique == ids and r["end_after"] == len(delivered) >= BACKLOG
+                            and r["code"] == 1000 and not r["errors"]):
+                        failures.append(f"round {round_no}{ledger}")
+            recoveries = [line for line in gateway.lines if "pulsar-lite stall" in line]
+            print(f"stall recoveries logged: {len(recoveries)}; duplicates in all: {duplicates}")
+            for line in recoveries[:5]:
+                print(" ", line[:300])
+    finally:
+        client.close()
+    assert failures == []
