@@ -22,16 +22,16 @@ pulsar-lite stalls (docs/architecture.md): pulsar-lite 0.2.0 can stop dispatchin
 consumer for good while it holds the consumer's permits and the subscription has a backlog.
 The writer watches for it without waking idle exports: with ``until=end``, nothing arriving
 for ``END_IDLE_PERIOD`` before the end entry was delivered is a stall, never an end; without
-it, the watch arms only after something arrived (or at the start of an ``earliest`` or named
-subscription) and, after ``STALL_CHECK_PERIOD`` with nothing arriving and nothing held, asks
-the broker once whether the topic holds more than was seen. A stall is cured by
-``Subscriber.recover`` (a new consumer on the same subscription), logged as one WARNING
-naming pulsar-lite and counted in ``quiesce_export_stall_recoveries_total``. An ``until=end``
-dump of a fresh subscription ends only once its end entry was delivered: after
-``END_RECOVERIES`` fruitless recoveries in a row it fails (``broker-unavailable``, 1011)
-rather than claim an end it did not deliver. A named subscription may have had its backlog
-acked by an earlier dump: nothing arriving after ``NAMED_END_RECOVERIES`` recoveries in a
-row counts as its end.
+it, the watch arms only after something arrived (or at the start of an ``earliest`` or
+named subscription of a topic that has messages) and, after ``STALL_CHECK_PERIOD`` with
+nothing arriving and nothing held, asks the broker once whether the topic holds more than
+was seen. A stall is cured by ``Subscriber.recover`` (a new consumer on the same
+subscription), logged as one WARNING naming pulsar-lite and counted in
+``export_stall_recoveries_total``. An ``until=end`` dump of a fresh subscription ends only
+once its end entry was delivered: after ``END_RECOVERIES`` fruitless recoveries in a row it
+fails (``broker-unavailable``, 1011) rather than claim an end it did not deliver. A named
+subscription may have had its backlog acked by an earlier dump: nothing arriving after
+``NAMED_END_RECOVERIES`` recovery counts as its end.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ STALL_CHECK_PERIOD = 5.0
 # until=end: fruitless stall recoveries in a row before a fresh subscription's dump fails,
 # and before a named subscription's counts as having had nothing left.
 END_RECOVERIES = 5
-NAMED_END_RECOVERIES = 2
+NAMED_END_RECOVERIES = 1
 # Most frames written to the socket in one write.
 MAX_WRITE_BATCH = 256
 
@@ -115,9 +115,10 @@ class ExportWorker:
         self._invalid = metrics.invalid_payloads.labels(kind)
         self._stall_recoveries = metrics.export_stall_recoveries.labels(kind)
         self._seen: tuple[int, int] | None = None  # the highest (ledger, entry) received
-        # The stall watch (without until=end) is armed by an arrival; at the start only
-        # where a backlog may be owed (a latest position on a fresh subscription owes none).
-        self._watch_armed = route.subscription is not None or route.position is Position.EARLIEST
+        # The stall watch (without until=end) is armed by an arrival; at the start (open)
+        # only where a backlog may be owed: the topic has messages, and the subscription is
+        # named or starts at the earliest (a fresh one at latest owes nothing).
+        self._watch_armed = False
         self._fruitless = 0  # stall recoveries since the last arrival
 
     @property
@@ -139,6 +140,9 @@ class ExportWorker:
         except BrokerError as exc:
             await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, str(exc)))
             raise
+        route = self.conn.route
+        self._watch_armed = subscriber.topic_seen_busy and (
+            route.subscription is not None or route.position is Position.EARLIEST)
         nursery.start_soon(self.conn.guard, self._receive, "receiver")
         nursery.start_soon(self.conn.guard, self._read_client, "client reader")
 

@@ -125,6 +125,7 @@ class Subscriber:
         self.named = route.subscription is not None
         self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"
         self.receiver_queue_size = 0  # chosen by open
+        self.topic_seen_busy = False  # open found (or knew) a message on the topic
         self._broker = broker
         self._settings = settings
         self._on_arrival = on_arrival
@@ -157,6 +158,7 @@ class Subscriber:
                           if route.position is Position.EARLIEST
                           else pulsar.InitialPosition.Latest)
         expected = await probe_size(self._broker, route.topic)
+        self.topic_seen_busy = expected is not None
         self.receiver_queue_size = receiver_queue_size(
             self._settings.subscriber_prefetch_bytes, expected)
         self._consumer = await self._subscribe()

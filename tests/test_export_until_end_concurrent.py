@@ -17,11 +17,25 @@ from typing import Any
 import pulsar
 import pytest
 import trio
+import trio.testing
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
 
+from quiesce.actors.broker import open_broker
+from quiesce.actors.subscriber import Subscriber, message_key
+from quiesce.core.config import Settings
+from quiesce.core.protocol import Direction, Position
+from quiesce.core.routes import Route
 from tests.data import sample_message
-from tests.harness import Broker, Listening, open_gateway_process, to_payload, topic_of, ws_url
+from tests.harness import (
+    Broker,
+    Listening,
+    from_payload,
+    open_gateway_process,
+    to_payload,
+    topic_of,
+    ws_url,
+)
 
 DUMPS = 8
 BACKLOG = 5_000
@@ -30,14 +44,14 @@ ROUNDS = 3
 ROUND_BOUND = 240.0
 
 
-def publish_backlog(client: pulsar.Client, topic: str, count: int) -> set[str]:
+def publish_backlog(client: pulsar.Client, topic: str, count: int, start: int = 0) -> set[str]:
     """Publish ``count`` triples messages, an entry each (pulsar-client's default, as the
     benchmarks do; pulsar-lite stalls soonest on those), and return their ids."""
     producer = client.create_producer(topic, batching_enabled=False,
                                       block_if_queue_full=True)
     ids: set[str] = set()
     try:
-        for i in range(count):
+        for i in range(start, start + count):
             message = sample_message("triples", i)
             producer.send_async(to_payload(topic, message), None)
             ids.add(message["metadata"]["id"])
@@ -121,3 +135,114 @@ async def test_eight_concurrent_until_end_dumps_are_complete_and_end_only_after_
     finally:
         client.close()
     assert failures == []
+
+
+def subscriber_on(broker: Any, settings: Settings, flow: str, name: str,
+                  on_arrival: Any) -> Subscriber:
+    """A Subscriber (the export worker's) on ``flow``'s triples topic, subscription ``name``."""
+    route = Route(Direction.EXPORT, flow, "triples", topic_of("triples", flow),
+                  subscription=name, position=Position.EARLIEST)
+    return Subscriber(broker, route, settings, name, on_arrival)
+
+
+async def test_last_place_is_none_only_for_an_empty_topic_even_under_load(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """``last_place``: None on an empty topic; on 8 busy topics (each consumed at once by its
+    own subscriber, as in a concurrent dump), always the topic's last entry, never None."""
+    settings = Settings(pulsar_url=own_broker.url, data_dir=str(tmp_path))
+    client = own_broker.client()
+    flows = [f"lp{i}" for i in range(DUMPS)]
+    try:
+        for flow in flows:
+            await trio.to_thread.run_sync(publish_backlog, client, topic_of("triples", flow),
+                                          2_000)
+    finally:
+        client.close()
+    answers: dict[str, list[Any]] = {flow: [] for flow in flows}
+    with trio.fail_after(120):
+        async with open_broker(settings) as broker, trio.open_nursery() as nursery:
+            empty = subscriber_on(broker, settings, "lpempty", "e", lambda burst: None)
+            await empty.open()
+            assert await empty.last_place() is None
+            await empty.aclose()
+            subscribers = []
+            for flow in flows:
+                holder: list[Subscriber] = []
+
+                def ack_all(burst: list[Any], holder: list[Subscriber] = holder) -> None:
+                    holder[0].ack(burst)
+
+                sub = subscriber_on(broker, settings, flow, "busy", ack_all)
+                holder.append(sub)
+                await sub.open()
+                subscribers.append(sub)
+                nursery.start_soon(sub.serve_receiving)
+
+            async def ask(flow: str, sub: Subscriber) -> None:
+                for _ in range(5):
+                    answers[flow].append(await sub.last_place())
+
+            async with trio.open_nursery() as asking:
+                for flow, sub in zip(flows, subscribers, strict=True):
+                    asking.start_soon(ask, flow, sub)
+            for sub in subscribers:
+                await sub.stop_receiving()
+                await sub.aclose()
+    print(f"\nlast_place answers: {answers}")
+    for flow in flows:
+        assert None not in answers[flow]
+        assert len({a for a in answers[flow]}) == 1 and answers[flow][0][1] == 1_999
+
+
+async def test_recover_subscribes_again_and_loses_nothing(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    """``Subscriber.recover`` mid-stream (nothing held): receiving goes on through the new
+    consumer, the old consumer's pending receive is ignored, nothing is missing."""
+    settings = Settings(pulsar_url=own_broker.url, data_dir=str(tmp_path))
+    client = own_broker.client()
+    flow = "recover"
+    topic = topic_of("triples", flow)
+    try:
+        first = await trio.to_thread.run_sync(publish_backlog, client, topic, 300)
+        received: list[Any] = []
+        progress = trio.Event()
+        holder: list[Subscriber] = []
+
+        def ack_all(burst: list[Any]) -> None:
+            received.extend(burst)
+            holder[0].ack(burst)
+            progress.set()
+
+        with trio.fail_after(60):
+            async with open_broker(settings) as broker, trio.open_nursery() as nursery:
+                sub = subscriber_on(broker, settings, flow, "r", ack_all)
+                holder.append(sub)
+                await sub.open()
+                nursery.start_soon(sub.serve_receiving)
+                while len(received) < 300:
+                    progress = trio.Event()
+                    await progress.wait()
+                await trio.testing.wait_all_tasks_blocked()  # idle: a receive is pending
+                await sub.recover()
+                second = await trio.to_thread.run_sync(publish_backlog, client, topic, 200,
+                                                     300)
+                while not second <= {_id(m) for m in received}:
+                    progress = trio.Event()
+                    await progress.wait()
+                await sub.stop_receiving()
+                await sub.aclose()
+    finally:
+        client.close()
+    ids = [_id(m) for m in received]
+    unique = set(ids)
+    print(f"\nrecover: sent {len(first) + len(second)}, received {len(ids)}, unique "
+          f"{len(unique)}, duplicates {len(ids) - len(unique)}, keys "
+          f"{sorted({message_key(m)[:2] for m in received})[-1]}")
+    assert unique == first | second
+
+
+def _id(message: Any) -> str:
+    """A received triples message's metadata id."""
+    return str(from_payload(topic_of("triples", "recover"), message.data())["metadata"]["id"])
