@@ -68,8 +68,8 @@ RECEIVE_BATCH = 256
 PROBE_READ_MS = 2000
 # last_place: how many answers it asks for at most, and the pause before the next one. A
 # broker *error* answer (pulsar-client's UnknownError, no text) is pulsar-lite's "Topic has
-# no messages"; it is believed only when every answer says so (pulsar-lite has also answered
-# it for a non-empty topic under load). Any other failure (timeout, disconnection) is retried.
+# no messages", or any other error frame of its; it is believed to mean "empty" only when
+# every answer is one. Any other failure (timeout, disconnection) is retried.
 LAST_PLACE_ATTEMPTS = 4
 LAST_PLACE_PAUSE = 0.15
 _OK = pulsar.Result.Ok
@@ -224,11 +224,11 @@ class Subscriber:
 
         pulsar-lite answers ``getLastMessageId`` on an empty topic with an error frame
         ("Topic has no messages"), which pulsar-client raises as a bare ``UnknownError``
-        (Apache Pulsar answers an id with entry -1 instead). Under load pulsar-lite has
-        answered that same error for a topic holding thousands of messages, so "empty" is
-        believed only when ``LAST_PLACE_ATTEMPTS`` answers in a row, ``LAST_PLACE_PAUSE``
-        apart, all say so; an id in any answer wins. Other failures (timeout, connection)
-        are retried within the same attempts.
+        (Apache Pulsar answers an id with entry -1 instead). Its other error frames (an
+        unknown consumer id, a failed read) reach Python as the same bare ``UnknownError``,
+        so "empty" is believed only when ``LAST_PLACE_ATTEMPTS`` answers in a row,
+        ``LAST_PLACE_PAUSE`` apart, all say so; an id in any answer wins. Other failures
+        (timeout, connection) are retried within the same attempts.
 
         Raises:
             BrokerError: the broker could not tell (every attempt failed otherwise).
