@@ -120,6 +120,7 @@ class ExportWorker:
         # named or starts at the earliest (a fresh one at latest owes nothing).
         self._watch_armed = False
         self._fruitless = 0  # stall recoveries since the last arrival
+        self._end_rechecked = False  # until=end: the end was asked again after an arrival
 
     @property
     def depth(self) -> int:
@@ -191,9 +192,8 @@ class ExportWorker:
         """Write queued messages until the socket is lost or an until=end dump is done."""
         conn, ws, ledger, subscriber = self.conn, self.conn.ws, self.ledger, self.subscriber
         until_end = conn.route.until_end
-        if ledger.end_due(quiet=False):  # until=end on an empty topic
-            conn.report_finished()
-            return
+        # until=end on an empty topic ends after END_IDLE_PERIOD of quiet, not at once: a
+        # message arriving meanwhile shows the broker's "empty" was wrong (end_check).
         stall = self.settings.export_stall_timeout
         self._progress = trio.current_time()
         while True:
@@ -225,6 +225,9 @@ class ExportWorker:
                 if self._nothing_owed() and not await self._end_stalled():
                     return
                 continue
+            if until_end and ledger.end is None and not self._end_rechecked:
+                if not await self._recheck_end():
+                    return
             # Resume at a low-water mark, not at the first free slot: a thread hop per freed
             # slot around a full queue would cost more than the messages.
             if ledger.low:
@@ -256,6 +259,25 @@ class ExportWorker:
             self._exported.inc(len(batch))
             if to_ack:
                 self._ack(to_ack)
+
+    async def _recheck_end(self) -> bool:
+        """until=end, the topic was "empty" at the start and a message arrived: ask again.
+
+        Returns:
+            False when the export failed (no end could be read: error frame, 1011).
+        """
+        self._end_rechecked = True
+        try:
+            end = await self.subscriber.last_place(busy=True)
+        except BrokerError as exc:
+            LOGGER.error("until=end export failed: %s", exc, extra=self.conn.log_fields)
+            await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, str(exc)))
+            self.conn.report_failure("broker error")
+            return False
+        LOGGER.info("until=end: the topic was not empty after all; its end is %s", end,
+                    extra=self.conn.log_fields)
+        self.ledger.expect_end(end)
+        return True
 
     def _nothing_owed(self) -> bool:
         """The export holds no message of the consumer (none queued, in flight, or owed)."""

@@ -66,12 +66,19 @@ CONSUMER_CLOSE_TIMEOUT = 5.0
 RECEIVE_BATCH = 256
 # How long the size probe waits for the oldest message once the broker said there is one.
 PROBE_READ_MS = 2000
+# What the probe answers for a topic that has messages of which none came in time.
+UNREAD = -1
 # last_place: how many answers it asks for at most, and the pause before the next one. A
 # broker *error* answer (pulsar-client's UnknownError, no text) is pulsar-lite's "Topic has
 # no messages", or any other error frame of its; it is believed to mean "empty" only when
 # every answer is one. Any other failure (timeout, disconnection) is retried.
 LAST_PLACE_ATTEMPTS = 4
 LAST_PLACE_PAUSE = 0.15
+# ... and for a topic known to hold messages (the size probe read or saw one, or a message
+# arrived), where "empty" is wrong: pulsar-lite has answered it for a topic of 5,000 messages
+# 4 times in a row under load. More, slower attempts (about 8 s), then a BrokerError.
+LAST_PLACE_BUSY_ATTEMPTS = 10
+LAST_PLACE_BUSY_PAUSE = 1.0
 _OK = pulsar.Result.Ok
 
 
@@ -125,7 +132,7 @@ class Subscriber:
         self.named = route.subscription is not None
         self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"
         self.receiver_queue_size = 0  # chosen by open
-        self.topic_seen_busy = False  # open found (or knew) a message on the topic
+        self.topic_seen_busy = False  # open found (or knew) messages on the topic
         self._broker = broker
         self._settings = settings
         self._on_arrival = on_arrival
@@ -157,8 +164,7 @@ class Subscriber:
         self._position = (pulsar.InitialPosition.Earliest
                           if route.position is Position.EARLIEST
                           else pulsar.InitialPosition.Latest)
-        expected = await probe_size(self._broker, route.topic)
-        self.topic_seen_busy = expected is not None
+        expected, self.topic_seen_busy = await probe_size(self._broker, route.topic)
         self.receiver_queue_size = receiver_queue_size(
             self._settings.subscriber_prefetch_bytes, expected)
         self._consumer = await self._subscribe()
@@ -219,27 +225,35 @@ class Subscriber:
         self._binding = consumer_binding(consumer)
         self._news.set()  # serve_receiving asks the new consumer
 
-    async def last_place(self) -> Place | None:
+    async def last_place(self, busy: bool = False) -> Place | None:
         """The topic's last (ledger, entry) now, for ``until=end``; None if it is empty.
 
         pulsar-lite answers ``getLastMessageId`` on an empty topic with an error frame
         ("Topic has no messages"), which pulsar-client raises as a bare ``UnknownError``
-        (Apache Pulsar answers an id with entry -1 instead). Its other error frames (an
-        unknown consumer id, a failed read) reach Python as the same bare ``UnknownError``,
-        so "empty" is believed only when ``LAST_PLACE_ATTEMPTS`` answers in a row,
-        ``LAST_PLACE_PAUSE`` apart, all say so; an id in any answer wins. Other failures
-        (timeout, connection) are retried within the same attempts.
+        (Apache Pulsar answers an id with entry -1 instead). Its other error frames reach
+        Python as the same bare ``UnknownError``, and under load it has answered "no
+        messages" for a topic of 5,000, so "empty" is believed only when
+        ``LAST_PLACE_ATTEMPTS`` answers in a row, ``LAST_PLACE_PAUSE`` apart, all say so,
+        and never for a topic known to hold messages (``busy``, or the size probe saw some):
+        that one gets ``LAST_PLACE_BUSY_ATTEMPTS`` answers with growing pauses, then a
+        BrokerError. An id in any answer wins. Other failures (timeout, connection) are
+        retried within the same attempts.
 
         Raises:
-            BrokerError: the broker could not tell (every attempt failed otherwise).
+            BrokerError: the broker could not tell.
         """
         consumer = self._consumer
         assert consumer is not None
+        busy = busy or self.topic_seen_busy
+        attempts = LAST_PLACE_BUSY_ATTEMPTS if busy else LAST_PLACE_ATTEMPTS
         empty_answers = 0
         failure: Exception | None = None
-        for attempt in range(LAST_PLACE_ATTEMPTS):
+        pause = LAST_PLACE_PAUSE
+        for attempt in range(attempts):
             if attempt:
-                await trio.sleep(LAST_PLACE_PAUSE)
+                await trio.sleep(pause)
+                if busy:
+                    pause = min(2 * pause, LAST_PLACE_BUSY_PAUSE)
             try:
                 message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
             except pulsar.UnknownError:
@@ -251,8 +265,11 @@ class Subscriber:
             if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
                 return None  # Apache Pulsar's answer for an empty topic
             return (message_id.ledger_id(), message_id.entry_id())
-        if empty_answers == LAST_PLACE_ATTEMPTS:
+        if empty_answers == attempts and not busy:
             return None
+        if empty_answers == attempts:
+            raise BrokerError(f"the broker answers that {self.route.topic} has no messages, "
+                              f"but it has: its last message id is unknown")
         raise BrokerError(f"cannot read the last message id of {self.route.topic}: "
                           f"{failure or 'no answer'}")
 
@@ -429,18 +446,21 @@ class Subscriber:
                     await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
 
 
-async def probe_size(broker: Broker, topic: str) -> int | None:
+async def probe_size(broker: Broker, topic: str) -> tuple[int | None, bool]:
     """The message size to expect on ``topic``: what was seen there lately, else its oldest
-    message's (read with a reader, once per topic at a time), else None (empty, or no answer).
+    message's (read with a reader, once per topic at a time), else None (empty, or no answer);
+    and whether the topic is known to hold messages (a size, or a probe that saw messages but
+    could not read one in time: pulsar-lite stalls readers too).
     """
     sizes, probes = broker.message_sizes, broker.size_probes
     known = sizes.expected(topic)
     if known is not None:
-        return known
+        return known, True
     running = probes.get(topic)
     if running is not None:  # another connection is reading it: use its answer
         await running.wait()
-        return sizes.expected(topic)
+        known = sizes.expected(topic)
+        return known, known is not None
     done = probes[topic] = trio.Event()
     try:
         size = await trio.to_thread.run_sync(_read_oldest_size, broker.client, topic,
@@ -448,13 +468,16 @@ async def probe_size(broker: Broker, topic: str) -> int | None:
     finally:
         del probes[topic]
         done.set()
+    if size == UNREAD:
+        return None, True
     if size is not None:
         sizes.observe(topic, size)
-    return size
+    return size, size is not None
 
 
 def _read_oldest_size(client: pulsar.Client, topic: str) -> int | None:
-    """In a worker thread: the size of the topic's oldest message, None if there is none."""
+    """In a worker thread: the size of the topic's oldest message, None if there is none,
+    ``UNREAD`` if the topic has messages but none came within ``PROBE_READ_MS``."""
     try:
         reader = client.create_reader(topic, pulsar.MessageId.earliest, receiver_queue_size=1)
     except Exception as exc:
@@ -464,15 +487,24 @@ def _read_oldest_size(client: pulsar.Client, topic: str) -> int | None:
         # pulsar-lite answers an empty topic with an error here (Apache Pulsar: False).
         if not reader.has_message_available():
             return None
-        return len(reader.read_next(PROBE_READ_MS).data())
     except Exception as exc:
         LOGGER.debug("size probe of %s: %s", topic, exc)
+        _close_reader(reader, topic)
         return None
+    try:
+        return len(reader.read_next(PROBE_READ_MS).data())
+    except Exception as exc:
+        LOGGER.debug("size probe of %s: messages, none read: %s", topic, exc)
+        return UNREAD
     finally:
-        try:
-            reader.close()
-        except Exception as exc:
-            LOGGER.debug("size probe: closing the reader on %s: %s", topic, exc)
+        _close_reader(reader, topic)
+
+
+def _close_reader(reader: pulsar.Reader, topic: str) -> None:
+    try:
+        reader.close()
+    except Exception as exc:
+        LOGGER.debug("size probe: closing the reader on %s: %s", topic, exc)
 
 
 def message_key(message: Any) -> Key:
