@@ -16,7 +16,23 @@ drain with ``ack=client`` then gives the client until the drain deadline to ack 
 was sent; everything still in flight is nacked, and the machine concludes. ``until=end``
 ends the writer when the ledger says the backlog is delivered (see ``DeliveryLedger``):
 once the end entry was delivered and nothing more arrives for ``END_QUIET_PERIOD``, or
-when nothing at all arrives for ``END_IDLE_PERIOD`` (the subscription had nothing left).
+when the topic was empty at the start.
+
+pulsar-lite stalls (docs/architecture.md): pulsar-lite 0.2.0 can stop dispatching to a
+consumer for good while it holds the consumer's permits and the subscription has a backlog.
+The writer watches for it without waking idle exports: with ``until=end``, nothing arriving
+for ``END_IDLE_PERIOD`` before the end entry was delivered is a stall, never an end; without
+it, on a fresh subscription only (a named one may be shared, its later messages gone to
+other consumers), the watch arms only after something arrived (or at the start of an
+``earliest`` one on a topic that has messages) and, after ``STALL_CHECK_PERIOD`` with
+nothing arriving and nothing held, asks the broker once whether the topic holds more than
+was seen. A stall is cured by ``Subscriber.recover`` (a new consumer on the same
+subscription), logged as one WARNING naming pulsar-lite and counted in
+``export_stall_recoveries_total``. An ``until=end`` dump of a fresh subscription ends only
+once its end entry was delivered: after ``END_RECOVERIES`` fruitless recoveries in a row it
+fails (``broker-unavailable``, 1011) rather than claim an end it did not deliver. A named
+subscription may have had its backlog acked by an earlier dump: nothing arriving after
+``NAMED_END_RECOVERIES`` recovery counts as its end.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ from quiesce.core.protocol import (
     END_FRAME,
     AckMode,
     ErrorCode,
+    Position,
     envelope,
     error_frame,
     invalid_payload,
@@ -54,6 +71,13 @@ END_QUIET_PERIOD = 0.05
 # until=end: how long nothing may arrive at all before the subscription counts as having had
 # nothing left to deliver (e.g. a second dump after a complete one).
 END_IDLE_PERIOD = 1.0
+# Without until=end: how long nothing may arrive, after something did, before the broker is
+# asked whether the topic holds more than was seen (a pulsar-lite stall).
+STALL_CHECK_PERIOD = 5.0
+# until=end: fruitless stall recoveries in a row before a fresh subscription's dump fails,
+# and before a named subscription's counts as having had nothing left.
+END_RECOVERIES = 5
+NAMED_END_RECOVERIES = 1
 # Most frames written to the socket in one write.
 MAX_WRITE_BATCH = 256
 
@@ -91,6 +115,15 @@ class ExportWorker:
         self._nacked_dropped = metrics.subscriber_messages_nacked.labels(kind, "backpressure")
         self._nacked_end = metrics.subscriber_messages_nacked.labels(kind, "undelivered")
         self._invalid = metrics.invalid_payloads.labels(kind)
+        self._stall_recoveries = metrics.export_stall_recoveries.labels(kind)
+        self._seen: tuple[int, int] | None = None  # the highest (ledger, entry) received
+        # The stall watch (without until=end) is armed by an arrival; at the start (open)
+        # only where a backlog may be owed: the topic has messages, and the subscription is
+        # named or starts at the earliest (a fresh one at latest owes nothing).
+        self._watch_armed = False
+        self._sole_consumer = False  # set by open
+        self._fruitless = 0  # stall recoveries since the last arrival
+        self._end_rechecked = False  # until=end: the end was asked again after an arrival
 
     @property
     def depth(self) -> int:
@@ -111,6 +144,14 @@ class ExportWorker:
         except BrokerError as exc:
             await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, str(exc)))
             raise
+        route = self.conn.route
+        # The watch without until=end compares the topic's last message with what this
+        # consumer saw, which means a stall only when it is the subscription's one consumer:
+        # a fresh subscription. A named one may be shared (Pulsar Shared), the later messages
+        # gone to the others: watching it would "cure" stalls that are not there.
+        self._sole_consumer = route.subscription is None
+        self._watch_armed = (self._sole_consumer and subscriber.topic_seen_busy
+                             and route.position is Position.EARLIEST)
         nursery.start_soon(self.conn.guard, self._receive, "receiver")
         nursery.start_soon(self.conn.guard, self._read_client, "client reader")
 
@@ -127,6 +168,12 @@ class ExportWorker:
         if self._concluded:
             # The consumer is closing: the broker redelivers these anyway.
             return
+        self._watch_armed = self._sole_consumer
+        self._fruitless = 0
+        for message in batch:
+            place = message_key(message)[:2]
+            if self._seen is None or place > self._seen:
+                self._seen = place
         dropped, refused = self.ledger.arrive(batch)
         if dropped:
             self._nack(dropped, self._nacked_dropped)
@@ -153,9 +200,8 @@ class ExportWorker:
         """Write queued messages until the socket is lost or an until=end dump is done."""
         conn, ws, ledger, subscriber = self.conn, self.conn.ws, self.ledger, self.subscriber
         until_end = conn.route.until_end
-        if ledger.end_due(quiet=False):  # until=end on an empty topic
-            conn.report_finished()
-            return
+        # until=end on an empty topic ends after END_IDLE_PERIOD of quiet, not at once: a
+        # message arriving meanwhile shows the broker's "empty" was wrong (end_check).
         stall = self.settings.export_stall_timeout
         self._progress = trio.current_time()
         while True:
@@ -171,15 +217,25 @@ class ExportWorker:
                         return
                     continue
                 if not until_end:
-                    await self._wait_news()
+                    await self._wait_idle()
                     continue
                 quiet = END_QUIET_PERIOD if ledger.end_seen else END_IDLE_PERIOD
                 with trio.move_on_after(quiet) as scope:
                     await self._wait_news()
-                if scope.cancelled_caught and ledger.end_due(quiet=True):
-                    conn.report_finished()
+                if not scope.cancelled_caught:
+                    continue
+                if ledger.end_seen or ledger.end is None:
+                    if ledger.end_due(quiet=True):
+                        conn.report_finished()
+                        return
+                    continue
+                # Nothing arrived before the end entry: a stall, or nothing left for us.
+                if self._nothing_owed() and not await self._end_stalled():
                     return
                 continue
+            if until_end and ledger.end is None and not self._end_rechecked:
+                if not await self._recheck_end():
+                    return
             # Resume at a low-water mark, not at the first free slot: a thread hop per freed
             # slot around a full queue would cost more than the messages.
             if ledger.low:
@@ -211,6 +267,88 @@ class ExportWorker:
             self._exported.inc(len(batch))
             if to_ack:
                 self._ack(to_ack)
+
+    async def _recheck_end(self) -> bool:
+        """until=end, the topic was "empty" at the start and a message arrived: ask again.
+
+        Returns:
+            False when the export failed (no end could be read: error frame, 1011).
+        """
+        self._end_rechecked = True
+        try:
+            end = await self.subscriber.last_place(busy=True)
+        except BrokerError as exc:
+            LOGGER.error("until=end export failed: %s", exc, extra=self.conn.log_fields)
+            await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, str(exc)))
+            self.conn.report_failure("broker error")
+            return False
+        LOGGER.info("until=end: the topic was not empty after all; its end is %s", end,
+                    extra=self.conn.log_fields)
+        self.ledger.expect_end(end)
+        return True
+
+    def _nothing_owed(self) -> bool:
+        """The export holds no message of the consumer (none queued, in flight, or owed)."""
+        ledger = self.ledger
+        return not ledger.queue and not ledger.inflight and not ledger.owed
+
+    async def _wait_idle(self) -> None:
+        """Without until=end: wait for news; once, after arrivals, check for a stall."""
+        if not (self._watch_armed and self._nothing_owed()):
+            await self._wait_news()
+            return
+        with trio.move_on_after(STALL_CHECK_PERIOD) as scope:
+            await self._wait_news()
+        if not scope.cancelled_caught:
+            return
+        self._watch_armed = False  # one check per quiet spell: an idle export sleeps
+        if self._nothing_owed() and await self.subscriber.backlog_left(self._seen):
+            await self._recover(STALL_CHECK_PERIOD)
+
+    async def _end_stalled(self) -> bool:
+        """until=end, nothing arrived for END_IDLE_PERIOD before the end entry.
+
+        Returns:
+            False when the export is over (a named subscription had nothing left, or the
+            broker could not be made to deliver: failed), True to go on waiting.
+        """
+        route, ledger = self.conn.route, self.ledger
+        if route.subscription is None and route.position is Position.LATEST:
+            # A fresh subscription at latest starts past the end: it owes nothing of it.
+            self.conn.report_finished()
+            return False
+        limit = NAMED_END_RECOVERIES if route.subscription is not None else END_RECOVERIES
+        if self._fruitless >= limit:
+            if route.subscription is not None:
+                LOGGER.info("nothing arrived after %d stall recoveries: the subscription had "
+                            "nothing left before the end", self._fruitless,
+                            extra=self.conn.log_fields)
+                if ledger.end_due(quiet=True):
+                    self.conn.report_finished()
+                    return False
+                return True
+            detail = (f"pulsar-lite delivered nothing of {route.topic} for "
+                      f"{self._fruitless} recoveries before its end {ledger.end}")
+            LOGGER.error("until=end export failed: %s", detail, extra=self.conn.log_fields)
+            await self.conn.ws.send_text(error_frame(ErrorCode.BROKER_UNAVAILABLE, detail))
+            self.conn.report_failure("broker stalled")
+            return False
+        await self._recover(END_IDLE_PERIOD)
+        return True
+
+    async def _recover(self, quiet: float) -> None:
+        """Cure a pulsar-lite stall: a new consumer on the subscription (one WARNING)."""
+        self._fruitless += 1
+        self._stall_recoveries.inc()
+        LOGGER.warning("pulsar-lite stall: nothing received for %gs while the topic holds "
+                       "more (seen up to %s, end %s); subscribing again (recovery %d)",
+                       quiet, self._seen, self.ledger.end, self._fruitless,
+                       extra=self.conn.log_fields)
+        try:
+            await self.subscriber.recover()
+        except BrokerError as exc:
+            LOGGER.error("export stopped: %s", exc, extra=self.conn.log_fields)
+            self.conn.report_failure("broker error")
 
     def _wire_payload(self, message: Any) -> bytes:
         """The message as the client's wire format (``?format=``, else the profile's)."""

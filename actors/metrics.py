@@ -119,6 +119,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.export_stall_recoveries = Counter(
+            "export_stall_recoveries",
+            "Exports that received nothing while the topic held more (a pulsar-lite stall) "
+            "and subscribed again, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.invalid_payloads = Counter(
             "messages_invalid_payload",
             "Messages in a topic that were not payloads of the flow's profile (or that the "

@@ -68,6 +68,19 @@ CONSUMER_CLOSE_TIMEOUT = 5.0
 RECEIVE_BATCH = 256
 # How long the size probe waits for the oldest message once the broker said there is one.
 PROBE_READ_MS = 2000
+# What the probe answers for a topic that has messages of which none came in time.
+UNREAD = -1
+# last_place: how many answers it asks for at most, and the pause before the next one. A
+# broker *error* answer (pulsar-client's UnknownError, no text) is pulsar-lite's "Topic has
+# no messages", or any other error frame of its; it is believed to mean "empty" only when
+# every answer is one. Any other failure (timeout, disconnection) is retried.
+LAST_PLACE_ATTEMPTS = 4
+LAST_PLACE_PAUSE = 0.15
+# ... and for a topic known to hold messages (the size probe read or saw one, or a message
+# arrived), where "empty" is wrong: pulsar-lite has answered it for a topic of 5,000 messages
+# 4 times in a row under load. More, slower attempts (about 8 s), then a BrokerError.
+LAST_PLACE_BUSY_ATTEMPTS = 10
+LAST_PLACE_BUSY_PAUSE = 1.0
 _OK = pulsar.Result.Ok
 
 
@@ -79,17 +92,18 @@ class Arrivals:
     """
 
     def __init__(self) -> None:
-        self._handoff: Handoff[tuple[Subscriber, Any, Any]] = Handoff(self._deliver)
+        self._handoff: Handoff[tuple[Subscriber, int, Any, Any]] = Handoff(self._deliver)
 
-    def put(self, subscriber: Subscriber, result: Any, message: Any) -> None:
-        """From any thread: queue a completed receive for ``subscriber``. Never blocks."""
-        self._handoff.put((subscriber, result, message))
+    def put(self, subscriber: Subscriber, generation: int, result: Any, message: Any) -> None:
+        """From any thread: queue a completed receive of ``subscriber``'s consumer number
+        ``generation`` (see ``Subscriber.recover``). Never blocks."""
+        self._handoff.put((subscriber, generation, result, message))
 
     @staticmethod
-    def _deliver(batch: list[tuple[Subscriber, Any, Any]]) -> None:
-        for subscriber, result, message in batch:
+    def _deliver(batch: list[tuple[Subscriber, int, Any, Any]]) -> None:
+        for subscriber, generation, result, message in batch:
             try:
-                subscriber._received(result, message)
+                subscriber._received(generation, result, message)
             except Exception:
                 # Runs as a run_sync_soon callback: an exception would end the Trio run, and
                 # with it every connection. The subscriber's own failure stays its own.
@@ -120,11 +134,14 @@ class Subscriber:
         self.named = route.subscription is not None
         self.subscription = route.subscription or f"quiesce-{actor_id}-{uuid.uuid4().hex[:8]}"
         self.receiver_queue_size = 0  # chosen by open
+        self.topic_seen_busy = False  # open found (or knew) messages on the topic
         self._broker = broker
         self._settings = settings
         self._on_arrival = on_arrival
         self._consumer: pulsar.Consumer | None = None
         self._binding: Any = None  # the binding's consumer: receive_async, acks, nacks
+        self._generation = 0  # which consumer this is (recover subscribes a new one)
+        self._position = pulsar.InitialPosition.Earliest
         self.ack_failures = 0
         self._trio_thread = threading.get_ident()
         self._taken: list[Any] = []  # received, not yet handed on
@@ -146,11 +163,19 @@ class Subscriber:
             BrokerError: the broker refused or did not answer.
         """
         route = self.route
-        position = (pulsar.InitialPosition.Earliest if route.position is Position.EARLIEST
-                    else pulsar.InitialPosition.Latest)
-        expected = await probe_size(self._broker, route.topic)
-        queue = receiver_queue_size(self._settings.subscriber_prefetch_bytes, expected)
-        self.receiver_queue_size = queue
+        self._position = (pulsar.InitialPosition.Earliest
+                          if route.position is Position.EARLIEST
+                          else pulsar.InitialPosition.Latest)
+        expected, self.topic_seen_busy = await probe_size(self._broker, route.topic)
+        self.receiver_queue_size = receiver_queue_size(
+            self._settings.subscriber_prefetch_bytes, expected)
+        self._consumer = await self._subscribe()
+        self._binding = consumer_binding(self._consumer)
+        LOGGER.debug("subscribed with a receiver queue of %d (expected message size %s)",
+                     self.receiver_queue_size, expected, extra={"topic": route.topic})
+
+    async def _subscribe(self) -> pulsar.Consumer:
+        route, queue, position = self.route, self.receiver_queue_size, self._position
 
         def subscribe() -> pulsar.Consumer:
             return self._broker.client.subscribe(
@@ -164,33 +189,108 @@ class Subscriber:
             )
 
         try:
-            consumer = await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(subscribe, abandon_on_cancel=True)
         except Exception as exc:
             raise BrokerError(f"cannot subscribe to {route.topic}: {exc}") from exc
+
+    async def recover(self) -> None:
+        """Close the consumer and subscribe again to the same subscription (a stall cure).
+
+        pulsar-lite (0.2.0) can stop dispatching to a consumer for good while it holds
+        permits and the subscription has a backlog (docs/architecture.md, "pulsar-lite
+        stalls"); a new consumer on the subscription makes it dispatch again. Only call it
+        while the export holds no message of this consumer (nothing queued or in flight):
+        what was acked stays acked (acks sent before the close reach the broker first), what
+        the old consumer had prefetched is redelivered to the new one, and a receive still
+        pending on the old consumer is ignored when it completes.
+
+        Raises:
+            BrokerError: the new subscribe failed.
+        """
+        old, self._consumer, self._binding = self._consumer, None, None
+        self._generation += 1
+        self._pending = False  # the old consumer's pending receive no longer counts
+        if old is not None:
+            with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
+                try:
+                    await trio.to_thread.run_sync(old.close, abandon_on_cancel=True)
+                except Exception:
+                    LOGGER.warning("closing the stalled consumer failed", exc_info=True,
+                                   extra={"topic": self.route.topic})
+        consumer = await self._subscribe()
+        if self._closed:  # closed meanwhile: do not leave a consumer behind
+            close = consumer.close if self.named else functools.partial(_unsubscribe, consumer)
+            with trio.move_on_after(CONSUMER_CLOSE_TIMEOUT, shield=True):
+                await trio.to_thread.run_sync(close, abandon_on_cancel=True)
+            return
         self._consumer = consumer
         self._binding = consumer_binding(consumer)
-        LOGGER.debug("subscribed with a receiver queue of %d (expected message size %s)",
-                     queue, expected, extra={"topic": route.topic})
+        self._news.set()  # serve_receiving asks the new consumer
 
-    async def last_place(self) -> Place | None:
+    async def last_place(self, busy: bool = False) -> Place | None:
         """The topic's last (ledger, entry) now, for ``until=end``; None if it is empty.
+
+        pulsar-lite answers ``getLastMessageId`` on an empty topic with an error frame
+        ("Topic has no messages"), which pulsar-client raises as a bare ``UnknownError``
+        (Apache Pulsar answers an id with entry -1 instead). Its other error frames reach
+        Python as the same bare ``UnknownError``, and under load it has answered "no
+        messages" for a topic of 5,000, so "empty" is believed only when
+        ``LAST_PLACE_ATTEMPTS`` answers in a row, ``LAST_PLACE_PAUSE`` apart, all say so,
+        and never for a topic known to hold messages (``busy``, or the size probe saw some):
+        that one gets ``LAST_PLACE_BUSY_ATTEMPTS`` answers with growing pauses, then a
+        BrokerError. An id in any answer wins. Other failures (timeout, connection) are
+        retried within the same attempts.
 
         Raises:
             BrokerError: the broker could not tell.
         """
         consumer = self._consumer
         assert consumer is not None
+        busy = busy or self.topic_seen_busy
+        attempts = LAST_PLACE_BUSY_ATTEMPTS if busy else LAST_PLACE_ATTEMPTS
+        empty_answers = 0
+        failure: Exception | None = None
+        pause = LAST_PLACE_PAUSE
+        for attempt in range(attempts):
+            if attempt:
+                await trio.sleep(pause)
+                if busy:
+                    pause = min(2 * pause, LAST_PLACE_BUSY_PAUSE)
+            try:
+                message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
+            except pulsar.UnknownError:
+                empty_answers += 1
+                continue
+            except Exception as exc:
+                failure = exc
+                continue
+            if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
+                return None  # Apache Pulsar's answer for an empty topic
+            return (message_id.ledger_id(), message_id.entry_id())
+        if empty_answers == attempts and not busy:
+            return None
+        if empty_answers == attempts:
+            raise BrokerError(f"the broker answers that {self.route.topic} has no messages, "
+                              f"but it has: its last message id is unknown")
+        raise BrokerError(f"cannot read the last message id of {self.route.topic}: "
+                          f"{failure or 'no answer'}")
+
+    async def backlog_left(self, seen: Place | None) -> bool:
+        """Whether the topic holds a message past ``seen`` (None: nothing seen yet).
+
+        One ``getLastMessageId`` round trip; a failure counts as "cannot tell": False.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return False
         try:
             message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
-        except Exception as exc:
-            # pulsar-lite answers an empty topic with an error instead of an earliest id.
-            if "no messages" in str(exc).lower() or "UnknownError" in type(exc).__name__:
-                return None
-            raise BrokerError(f"cannot read the last message id of {self.route.topic}: {exc}"
-                              ) from exc
-        if message_id.ledger_id() < 0 or message_id.entry_id() < 0:
-            return None
-        return (message_id.ledger_id(), message_id.entry_id())
+        except Exception:
+            return False
+        last = (message_id.ledger_id(), message_id.entry_id())
+        if last[0] < 0 or last[1] < 0:
+            return False
+        return seen is None or last > seen
 
     # ---------------------------------------------------------- receiving
 
@@ -228,8 +328,13 @@ class Subscriber:
     def _take_burst(self) -> list[Any]:
         """What was received, plus what the receiver queue has now (up to RECEIVE_BATCH)."""
         taken = self._taken
-        if not self._pending and self._failure is None:
-            receive, callback = self._binding.receive_async, self._on_receive
+        if not self._pending and self._failure is None and self._binding is not None:
+            generation = self._generation
+            receive = self._binding.receive_async
+
+            def callback(result: Any, message: Any) -> None:
+                self._on_receive(generation, result, message)
+
             while len(taken) < RECEIVE_BATCH:
                 before = len(taken)
                 self._pending = True
@@ -242,13 +347,13 @@ class Subscriber:
         self._taken = []
         return taken
 
-    def _on_receive(self, result: Any, message: Any) -> None:
+    def _on_receive(self, generation: int, result: Any, message: Any) -> None:
         # Called by pulsar-client: inside receive_async on the Trio thread when a message was
         # waiting, later on its listener thread otherwise. It must not raise: an exception
         # escaping into pulsar-client's thread aborts the process.
         try:
             if threading.get_ident() != self._trio_thread:
-                self._broker.arrivals.put(self, result, message)
+                self._broker.arrivals.put(self, generation, result, message)
             elif result == _OK:
                 self._taken.append(message)
             else:
@@ -257,8 +362,10 @@ class Subscriber:
             LOGGER.error("a received message could not be handed on", exc_info=True,
                          extra={"topic": self.route.topic})
 
-    def _received(self, result: Any, message: Any) -> None:
+    def _received(self, generation: int, result: Any, message: Any) -> None:
         """In Trio: the pending receive completed (through ``Arrivals``)."""
+        if generation != self._generation:
+            return  # a consumer that recover closed: the broker redelivers its messages
         self._pending = False
         if self._closed:
             return  # the consumer is closed: the broker redelivers what it had pushed
@@ -355,18 +462,21 @@ def _unsubscribe(consumer: pulsar.Consumer) -> None:
         consumer._client._consumers.remove(consumer)
 
 
-async def probe_size(broker: Broker, topic: str) -> int | None:
+async def probe_size(broker: Broker, topic: str) -> tuple[int | None, bool]:
     """The message size to expect on ``topic``: what was seen there lately, else its oldest
-    message's (read with a reader, once per topic at a time), else None (empty, or no answer).
+    message's (read with a reader, once per topic at a time), else None (empty, or no answer);
+    and whether the topic is known to hold messages (a size, or a probe that saw messages but
+    could not read one in time: pulsar-lite stalls readers too).
     """
     sizes, probes = broker.message_sizes, broker.size_probes
     known = sizes.expected(topic)
     if known is not None:
-        return known
+        return known, True
     running = probes.get(topic)
     if running is not None:  # another connection is reading it: use its answer
         await running.wait()
-        return sizes.expected(topic)
+        known = sizes.expected(topic)
+        return known, known is not None
     done = probes[topic] = trio.Event()
     try:
         size = await trio.to_thread.run_sync(_read_oldest_size, broker.client, topic,
@@ -374,13 +484,16 @@ async def probe_size(broker: Broker, topic: str) -> int | None:
     finally:
         del probes[topic]
         done.set()
+    if size == UNREAD:
+        return None, True
     if size is not None:
         sizes.observe(topic, size)
-    return size
+    return size, size is not None
 
 
 def _read_oldest_size(client: pulsar.Client, topic: str) -> int | None:
-    """In a worker thread: the size of the topic's oldest message, None if there is none."""
+    """In a worker thread: the size of the topic's oldest message, None if there is none,
+    ``UNREAD`` if the topic has messages but none came within ``PROBE_READ_MS``."""
     try:
         reader = client.create_reader(topic, pulsar.MessageId.earliest, receiver_queue_size=1)
     except Exception as exc:
@@ -390,15 +503,24 @@ def _read_oldest_size(client: pulsar.Client, topic: str) -> int | None:
         # pulsar-lite answers an empty topic with an error here (Apache Pulsar: False).
         if not reader.has_message_available():
             return None
-        return len(reader.read_next(PROBE_READ_MS).data())
     except Exception as exc:
         LOGGER.debug("size probe of %s: %s", topic, exc)
+        _close_reader(reader, topic)
         return None
+    try:
+        return len(reader.read_next(PROBE_READ_MS).data())
+    except Exception as exc:
+        LOGGER.debug("size probe of %s: messages, none read: %s", topic, exc)
+        return UNREAD
     finally:
-        try:
-            reader.close()
-        except Exception as exc:
-            LOGGER.debug("size probe: closing the reader on %s: %s", topic, exc)
+        _close_reader(reader, topic)
+
+
+def _close_reader(reader: pulsar.Reader, topic: str) -> None:
+    try:
+        reader.close()
+    except Exception as exc:
+        LOGGER.debug("size probe: closing the reader on %s: %s", topic, exc)
 
 
 def message_key(message: Any) -> Key:
