@@ -173,10 +173,8 @@ class ImportWorker:
 
         Neither wait holds a frame when it is cancelled: cancelling loses nothing.
         """
-        ledger, limit, byte_limit, ws = self.ledger, self._limit, self._byte_limit, self.conn.ws
-        # (Bytes in flight are only ever counted with a frame in flight: one frame over the
-        # byte bound still goes.)
-        while ledger.in_flight >= limit or self._in_flight_bytes >= byte_limit:
+        ledger, ws = self.ledger, self.conn.ws
+        while self._full:
             if ws.stream_ended:
                 # The client closed (or went) while the broker kept us waiting: the close is
                 # reported now, not once room frees; the drain takes what was read before it.
@@ -192,6 +190,22 @@ class ImportWorker:
         except InvalidMessage as exc:
             return exc
 
+    @property
+    def _full(self) -> bool:
+        """No room for one more frame in flight, by count or by bytes. (Bytes are only ever
+        counted with a frame in flight: one frame over the byte bound still goes.)"""
+        return (self.ledger.in_flight >= self._limit
+                or self._in_flight_bytes >= self._byte_limit)
+
+    async def _settling(self, scope: trio.CancelScope) -> None:
+        """Wait until a frame in flight settles; a confirmation renews the drain's ``scope``
+        (its patience bounds the broker's silence, not the whole drain)."""
+        before = self.ledger.in_flight
+        self._room = trio.Event()
+        await self._room.wait()
+        if self.ledger.in_flight < before:
+            self.conn.deadlines.renew(scope, self.settings.publisher_drain_timeout)
+
     def _wake(self) -> None:
         """The stream of frames ended: end a wait for room (``_next_frame`` looks why)."""
         self._room.set()
@@ -200,17 +214,11 @@ class ImportWorker:
         """Take the frames read before the client's close, as room frees (each confirmation
         renews the drain's ``scope``; when it ends, what is left was never numbered, so never
         receipted)."""
-        ledger, limit, byte_limit, ws = self.ledger, self._limit, self._byte_limit, self.conn.ws
-        deadlines, patience = self.conn.deadlines, self.settings.publisher_drain_timeout
+        ws = self.conn.ws
         taken = 0
         while ws.is_open:
-            while (ledger.in_flight >= limit or self._in_flight_bytes >= byte_limit) and (
-                    ws.is_open):
-                before = ledger.in_flight
-                self._room = trio.Event()
-                await self._room.wait()
-                if ledger.in_flight < before:
-                    deadlines.renew(scope, patience)
+            while self._full and ws.is_open:
+                await self._settling(scope)
             try:
                 frame: str | bytes | InvalidMessage | None = await ws.receive_frame()
             except InvalidMessage as exc:
@@ -352,11 +360,7 @@ class ImportWorker:
                 if self._rest_behind_close:
                     await self._take_rest(scope)
                 while not ledger.all_settled():
-                    before = ledger.in_flight
-                    self._room = trio.Event()
-                    await self._room.wait()
-                    if ledger.in_flight < before:
-                        deadlines.renew(scope, patience)
+                    await self._settling(scope)
         finally:
             self._concluded = True
             unconfirmed = ledger.in_flight

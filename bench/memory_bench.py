@@ -38,7 +38,7 @@ from _common import import_path, new_flow, open_import, rig, ws_url
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import connect
 
-from tests.data import sample_message
+from tests.data import large_frame, sample_message
 
 # Seconds the RSS must hold still (within SETTLE_MB) to count as the idle baseline.
 SETTLE_S = 3.0
@@ -78,15 +78,6 @@ async def settled_rss(pid: int, bound: float = 60.0) -> float:
         elif trio.current_time() - since >= SETTLE_S:
             return now
     return rss_mb(pid)
-
-
-def large_frame(i: int, size: int) -> str:
-    """A triples frame whose one literal is ``size`` bytes (its id is ``large-<i>``)."""
-    message = sample_message(KIND, i)
-    message["metadata"]["id"] = f"large-{i}"
-    message["triples"][0]["o"] = {"v": "@@", "e": False}
-    head, tail = json.dumps(message).split('"@@"')
-    return f'{head}"{i:08d}{"x" * (size - 8)}"{tail}'
 
 
 async def import_storm(url: str, frames: list[tuple[int, int]], ledger: dict[str, int]) -> None:

@@ -6,12 +6,13 @@ it. Tests import it as ``tests.data``; the benchmarks reach it through ``bench/_
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from quiesce.core.wire import KINDS
 
-__all__ = ["doc_id", "id_of", "ids_of", "sample_message", "sample_message_tg2",
+__all__ = ["doc_id", "id_of", "ids_of", "large_frame", "sample_message", "sample_message_tg2",
            "sample_messages"]
 
 _NS = "http://trustgraph.ai/e/"
@@ -112,6 +113,16 @@ def sample_message(kind: str, i: int = 0) -> dict[str, Any]:
 def sample_messages(kind: str, count: int, start: int = 0) -> list[dict[str, Any]]:
     """``count`` sample messages of ``kind`` with distinct ids, from number ``start`` on."""
     return [sample_message(kind, i) for i in range(start, start + count)]
+
+
+def large_frame(i: int, size: int) -> str:
+    """A triples import frame ``large-<i>`` whose one literal is ``size`` bytes (memory tests
+    and benchmarks: frames of 1-2 MB)."""
+    message = sample_message("triples", i)
+    message["metadata"]["id"] = f"large-{i}"
+    message["triples"][0]["o"] = {"v": "@@", "e": False}
+    head, tail = json.dumps(message).split('"@@"')
+    return f'{head}"{i:08d}{"x" * (size - 8)}"{tail}'
 
 
 def id_of(message: dict[str, Any]) -> str:

@@ -63,6 +63,12 @@ def publish_backlog(client: pulsar.Client, topic: str, count: int, start: int = 
     return ids
 
 
+async def fill(client: pulsar.Client, flows: list[str]) -> dict[str, set[str]]:
+    """A ``BACKLOG`` of its own on each flow's triples topic: the ids, by flow."""
+    return {flow: await trio.to_thread.run_sync(
+        publish_backlog, client, topic_of("triples", flow), BACKLOG) for flow in flows}
+
+
 async def dump(gateway: Listening, flow: str, into: dict[str, Any]) -> None:
     """Read one until=end dump to its close, recording ids, the end frame and the close."""
     path = f"/api/v1/flow/{flow}/export/triples?position=earliest&until=end&ack=auto"
@@ -105,10 +111,7 @@ async def test_eight_concurrent_until_end_dumps_are_complete_and_end_only_after_
             for round_no in range(ROUNDS):
                 flows = [f"cc{round_no}x{i}" for i in range(DUMPS)]
                 with trio.fail_after(ROUND_BOUND):
-                    sent: dict[str, set[str]] = {}
-                    for flow in flows:
-                        sent[flow] = await trio.to_thread.run_sync(
-                            publish_backlog, client, topic_of("triples", flow), BACKLOG)
+                    sent = await fill(client, flows)
                     results: dict[str, dict[str, Any]] = {flow: {} for flow in flows}
                     started = trio.current_time()
                     async with trio.open_nursery() as nursery:
@@ -165,10 +168,7 @@ async def test_eight_concurrent_open_ended_exports_get_their_whole_backlog(
                                         data_dir=tmp_path / "gw") as gateway:
             for round_no in range(2):
                 flows = [f"oe{round_no}x{i}" for i in range(DUMPS)]
-                sent: dict[str, set[str]] = {}
-                for flow in flows:
-                    sent[flow] = await trio.to_thread.run_sync(
-                        publish_backlog, client, topic_of("triples", flow), BACKLOG)
+                sent = await fill(client, flows)
                 results: dict[str, dict[str, Any]] = {flow: {} for flow in flows}
                 started = trio.current_time()
                 with trio.move_on_after(OPEN_ROUND_BOUND):

@@ -27,7 +27,7 @@ from quiesce.core.config import Settings
 from quiesce.core.errors import ConfigError
 from quiesce.core.memory import glibc
 from quiesce.supervisor import Supervisor
-from tests.data import sample_message
+from tests.data import large_frame, sample_message
 from tests.faults._hostile import hostile_frames
 from tests.harness import (
     GatewayProcess,
@@ -102,15 +102,6 @@ async def rss_falls_to(gateway: GatewayProcess, bound_kb: float, samples: list[i
                 return True
             await trio.sleep(POLL_S)  # polling a /proc figure: nothing to wait on instead
     return False
-
-
-def large_frame(i: int, size: int) -> str:
-    """A triples frame ``large-<i>`` whose one literal is ``size`` bytes."""
-    message = sample_message(KIND, i)
-    message["metadata"]["id"] = f"large-{i}"
-    message["triples"][0]["o"] = {"v": "@@", "e": False}
-    head, tail = json.dumps(message).split('"@@"')
-    return f'{head}"{i:08d}{"x" * (size - 8)}"{tail}'
 
 
 async def export_back(url: str, expected: int, delivered: set[str],
