@@ -23,8 +23,8 @@ consumer for good while it holds the consumer's permits and the subscription has
 The writer watches for it without waking idle exports: with ``until=end``, nothing arriving
 for ``END_IDLE_PERIOD`` before the end entry was delivered is a stall, never an end; without
 it, on a fresh subscription only (a named one may be shared, its later messages gone to
-other consumers), the watch arms only after something arrived (or at the start of an
-``earliest`` one on a topic that has messages) and, after ``STALL_CHECK_PERIOD`` with
+other consumers), the watch arms only after something arrived (or from the start of an
+``earliest`` one) and, after ``STALL_CHECK_PERIOD`` with
 nothing arriving and nothing held, asks the broker once whether the topic holds more than
 was seen. A stall is cured by ``Subscriber.recover`` (a new consumer on the same
 subscription), logged as one WARNING naming pulsar-lite and counted in
@@ -74,6 +74,8 @@ END_IDLE_PERIOD = 1.0
 # Without until=end: how long nothing may arrive, after something did, before the broker is
 # asked whether the topic holds more than was seen (a pulsar-lite stall).
 STALL_CHECK_PERIOD = 5.0
+# Checks whose answer was "cannot tell" asked again (after 10, 20, 40 s), per quiet spell.
+STALL_CHECK_RETRIES = 3
 # until=end: fruitless stall recoveries in a row before a fresh subscription's dump fails,
 # and before a named subscription's counts as having had nothing left.
 END_RECOVERIES = 5
@@ -122,6 +124,7 @@ class ExportWorker:
         # named or starts at the earliest (a fresh one at latest owes nothing).
         self._watch_armed = False
         self._sole_consumer = False  # set by open
+        self._unsure = 0  # stall checks in a row the broker could not answer
         self._fruitless = 0  # stall recoveries since the last arrival
         self._end_rechecked = False  # until=end: the end was asked again after an arrival
 
@@ -150,8 +153,10 @@ class ExportWorker:
         # a fresh subscription. A named one may be shared (Pulsar Shared), the later messages
         # gone to the others: watching it would "cure" stalls that are not there.
         self._sole_consumer = route.subscription is None
-        self._watch_armed = (self._sole_consumer and subscriber.topic_seen_busy
-                             and route.position is Position.EARLIEST)
+        # At the start of an earliest one it arms whether or not the size probe saw
+        # messages: under load pulsar-lite answers the probe "empty" for a full topic too,
+        # and a stall at the first message would then go unwatched (one check, 5 s in).
+        self._watch_armed = self._sole_consumer and route.position is Position.EARLIEST
         nursery.start_soon(self.conn.guard, self._receive, "receiver")
         nursery.start_soon(self.conn.guard, self._read_client, "client reader")
 
@@ -169,6 +174,7 @@ class ExportWorker:
             # The consumer is closing: the broker redelivers these anyway.
             return
         self._watch_armed = self._sole_consumer
+        self._unsure = 0
         self._fruitless = 0
         for message in batch:
             place = message_key(message)[:2]
@@ -297,12 +303,20 @@ class ExportWorker:
         if not (self._watch_armed and self._nothing_owed()):
             await self._wait_news()
             return
-        with trio.move_on_after(STALL_CHECK_PERIOD) as scope:
+        with trio.move_on_after(STALL_CHECK_PERIOD * 2 ** self._unsure) as scope:
             await self._wait_news()
         if not scope.cancelled_caught:
             return
         self._watch_armed = False  # one check per quiet spell: an idle export sleeps
-        if self._nothing_owed() and await self.subscriber.backlog_left(self._seen):
+        if not self._nothing_owed():
+            return
+        verdict = await self.subscriber.backlog_left(self._seen)
+        if verdict is None and self._unsure < STALL_CHECK_RETRIES:
+            # The broker could not tell: ask again, later each time, a few times only (an
+            # idle export on an empty topic then sleeps for good).
+            self._unsure += 1
+            self._watch_armed = True
+        elif verdict:
             await self._recover(STALL_CHECK_PERIOD)
 
     async def _end_stalled(self) -> bool:

@@ -275,10 +275,12 @@ class Subscriber:
         raise BrokerError(f"cannot read the last message id of {self.route.topic}: "
                           f"{failure or 'no answer'}")
 
-    async def backlog_left(self, seen: Place | None) -> bool:
+    async def backlog_left(self, seen: Place | None) -> bool | None:
         """Whether the topic holds a message past ``seen`` (None: nothing seen yet).
 
-        One ``getLastMessageId`` round trip; a failure counts as "cannot tell": False.
+        One ``getLastMessageId`` round trip. None when the broker cannot tell: it failed,
+        or (pulsar-lite) answered "no messages", which it also does under load for a
+        topic that has them.
         """
         consumer = self._consumer
         if consumer is None:
@@ -286,7 +288,7 @@ class Subscriber:
         try:
             message_id = await trio.to_thread.run_sync(consumer.get_last_message_id)
         except Exception:
-            return False
+            return None
         last = (message_id.ledger_id(), message_id.entry_id())
         if last[0] < 0 or last[1] < 0:
             return False
